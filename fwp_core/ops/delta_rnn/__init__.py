@@ -1,0 +1,1 @@
+from .naive import delta_rnn_naive  # noqa: F401

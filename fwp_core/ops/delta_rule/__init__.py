@@ -1,0 +1,1 @@
+from .naive import delta_rule_naive  # noqa: F401

@@ -1,0 +1,1 @@
+from .naive import rdn_naive  # noqa: F401

@@ -1,0 +1,1 @@
+from .naive import sum_rule_naive  # noqa: F401

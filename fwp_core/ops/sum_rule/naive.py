@@ -1,0 +1,21 @@
+"""Plain PyTorch reference of the sum rule (linear Transformer), one step at a time.
+
+    W_t = W_{t-1} + k_t v_tᵀ          y_t = W_tᵀ q_t
+
+It is the ground truth the fused kernel is tested against: readable, autograd-friendly, any device
+and dtype. Arguments arrive validated from `fwp_core.ops.sum_rule` with the state materialised.
+"""
+import torch
+
+
+def sum_rule_naive(q, k, v, W, reset):
+    """q, k: [T, B, H, Dk]; v: [T, B, H, Dv]; W: [B, H, Dk, Dv] (float32 or float64);
+    reset: [T, B] bool or None. Returns y [T, B, H, Dv] in q's dtype and the final W."""
+    acc = W.dtype
+    ys = []
+    for t in range(q.shape[0]):
+        if reset is not None:
+            W = W * (~reset[t]).to(acc)[:, None, None, None]
+        W = W + k[t].to(acc).unsqueeze(-1) * v[t].to(acc).unsqueeze(-2)
+        ys.append(torch.einsum("bhkv,bhk->bhv", W, q[t].to(acc)))
+    return torch.stack(ys).to(q.dtype), W

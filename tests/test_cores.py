@@ -1,0 +1,137 @@
+"""The Core interface, for every core: stepping equals one call, resets, gradient paths, errors."""
+import pytest
+import torch
+
+from fwp_core import CORES, make_core
+
+SMALL = dict(d_model=16, num_layers=2, num_heads=2, head_dim=5, ff_dim=24, hidden_size=12)
+IN = 7
+
+
+def _core(name, **kw):
+    torch.manual_seed(0)
+    return make_core(name, IN, **{**SMALL, **kw}).double()
+
+
+def _random_state(core, B, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(s.shape, generator=g, dtype=torch.float64) * 0.3
+                 for s in core.initial_state(B))
+
+
+@pytest.mark.parametrize("name", CORES)
+def test_stepping_one_at_a_time_equals_one_call(name):
+    core, T, B = _core(name), 6, 3
+    x = torch.randn(T, B, IN, dtype=torch.float64)
+    reset = torch.zeros(T, B, dtype=torch.bool)
+    reset[2, 0] = reset[4, 2] = True
+    state0 = _random_state(core, B)
+    y, final = core(x, state0, reset)
+    state, ys = state0, []
+    for t in range(T):
+        y_t, state = core(x[t:t + 1], state, reset[t:t + 1])
+        ys.append(y_t)
+    torch.testing.assert_close(torch.cat(ys), y, rtol=1e-10, atol=1e-10)
+    for a, b in zip(state, final):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert y.shape == (T, B, core.output_size)
+
+
+@pytest.mark.parametrize("name", CORES)
+def test_reset_equals_a_fresh_start(name):
+    core, T, B, t0 = _core(name), 7, 2, 3
+    x = torch.randn(T, B, IN, dtype=torch.float64)
+    reset = torch.zeros(T, B, dtype=torch.bool)
+    reset[t0, 1] = True
+    y, _ = core(x, _random_state(core, B), reset)
+    y_fresh, _ = core(x[t0:, 1:], core.initial_state(1))
+    torch.testing.assert_close(y[t0:, 1:], y_fresh, rtol=1e-10, atol=1e-10)
+    # The other sequence did not reset: its outputs must differ from a fresh start there.
+    y_other, _ = core(x[t0:, :1], core.initial_state(1))
+    assert not torch.allclose(y[t0:, :1], y_other)
+
+
+def _grad_of_y_t_wrt_x(core, T, t, reset=None):
+    x = torch.randn(T, 1, IN, dtype=torch.float64, requires_grad=True)
+    y, _ = core(x, core.initial_state(1, ), reset)
+    (g,) = torch.autograd.grad(y[t].sum(), x)
+    return g[:, 0].abs().sum(-1)  # [T]: how much each input step reaches y_t
+
+
+@pytest.mark.parametrize("name", CORES)
+def test_full_bptt_and_resets_cut_the_gradient(name):
+    core, T, t = _core(name), 6, 5
+    g = _grad_of_y_t_wrt_x(core, T, t)
+    assert (g[:t + 1] > 0).all(), f"some earlier step does not reach y_{t}: {g}"
+    assert (g[t + 1:] == 0).all()
+    reset = torch.zeros(T, 1, dtype=torch.bool)
+    reset[3, 0] = True
+    g = _grad_of_y_t_wrt_x(core, T, t, reset)
+    assert (g[:3] == 0).all(), f"gradient crossed the reset: {g}"
+    assert (g[3:t + 1] > 0).all()
+
+
+@pytest.mark.parametrize("name", [n for n, rule in CORES.items() if rule is not None])
+def test_truncated_fast_weight_gradient_stays_within_the_step(name):
+    core, T, t = _core(name, truncate_fast_weight_grad=True), 5, 4
+    g = _grad_of_y_t_wrt_x(core, T, t)
+    assert (g[:t] == 0).all(), f"gradient crossed time despite truncation: {g}"
+    assert g[t] > 0
+    # Truncation changes gradients only, never values.
+    full = _core(name)
+    x = torch.randn(T, 2, IN, dtype=torch.float64)
+    torch.testing.assert_close(core(x, core.initial_state(2))[0], full(x, full.initial_state(2))[0])
+
+
+def test_initial_state_layout():
+    for name in CORES:
+        core = _core(name)
+        state = core.initial_state(4)
+        assert isinstance(state, tuple) and all(s.shape[0] == 4 for s in state)
+        assert all((s == 0).all() for s in state)
+
+
+def test_paper_defaults():
+    core = make_core("rdn", 257)
+    assert core.output_size == 128 and len(core.fw_layers) == 2
+    assert core.fw_layers[0].H == 4 and core.fw_layers[0].D == 32
+    assert core.ff_layers[0].net[0].out_features == 512
+    assert make_core("lstm", 257).output_size == 256
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+def test_unknown_core_lists_the_known_ones():
+    with pytest.raises(ValueError, match="unknown core 'transformer'; choose one of lstm, "
+                                         "linear_transformer, delta_net, delta_rnn, rdn, delta_lstm"):
+        make_core("transformer", 10)
+
+
+def test_unknown_option_and_bad_feature_map():
+    with pytest.raises(ValueError, match="unknown core option.*heads.*valid:.*num_heads"):
+        make_core("rdn", 10, heads=3)
+    with pytest.raises(ValueError, match="unknown feature_map 'relu'; choose one of softmax, elu_p1"):
+        make_core("delta_net", 10, feature_map="relu")
+    with pytest.raises(ValueError, match="softmax feature map inside its recurrence"):
+        make_core("rdn", 10, feature_map="elu_p1")
+
+
+@pytest.mark.parametrize("name", ["lstm", "rdn"])
+def test_bad_core_input_is_named(name):
+    core = _core(name)
+    state = core.initial_state(2)
+    with pytest.raises(ValueError, match=r"x must be \[T, B, input_size\] \(3 dims\)"):
+        core(torch.zeros(2, IN, dtype=torch.float64), state)
+    with pytest.raises(ValueError, match=f"x has 5 features, the core was built for input_size={IN}"):
+        core(torch.zeros(3, 2, 5, dtype=torch.float64), state)
+    with pytest.raises(ValueError, match=r"state\[0\] has shape .* for batch size 3"):
+        core(torch.zeros(3, 3, IN, dtype=torch.float64), state)
+    with pytest.raises(ValueError, match=r"reset must be a bool tensor \[T, B\] = \[3, 2\]"):
+        core(torch.zeros(3, 2, IN, dtype=torch.float64), state, torch.zeros(3, 2))
+
+
+def test_elu_feature_map_runs_and_differs():
+    a, b = _core("delta_net"), _core("delta_net", feature_map="elu_p1")
+    x = torch.randn(4, 2, IN, dtype=torch.float64)
+    ya, yb = a(x, a.initial_state(2))[0], b(x, b.initial_state(2))[0]
+    assert torch.isfinite(yb).all() and not torch.allclose(ya, yb)
