@@ -1,30 +1,277 @@
-"""Command line of the framework (train, eval, compare, bench arrive with their issues)."""
+"""The command line: train (eval, compare and bench join it in their own modules).
+
+    python launch.py train --config configs/atari_cpu.yaml
+    python launch.py train --env popgym-RepeatPreviousEasy-v0 --core rdn --total-frames 2e6
+    python launch.py train --logdir runs/pong-rdn --resume          # continue where it stopped
+    python launch.py train --address auto ...                      # on a running Ray cluster
+
+Bad input (unknown env id, core, config key, a value of the wrong type, a log directory that
+holds another run) stops here, before Ray starts, with a message naming the valid choices.
+"""
 import argparse
+import csv
+import os
+import signal
 import sys
+import time
+from collections import deque
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
 
 
-def cmd_demo(args):
-    """Run every core on random input: a smoke test of the install."""
-    import torch
+class UsageError(Exception):
+    """Bad command-line input: printed as one line, exit status 2."""
 
-    from fwp_core import CORES, make_core
-    torch.manual_seed(0)
-    x = torch.randn(args.steps, 4, 64)
-    for name in CORES:
-        core = make_core(name, 64)
-        y, _ = core(x, core.initial_state(4))
-        params = sum(p.numel() for p in core.parameters())
-        print(f"{name:20s} params {params:>8,d}  output {tuple(y.shape)}  mean |y| {y.abs().mean():.4f}")
+
+def _count(text):
+    """An integer count that also reads 1e6 or 2_000_000."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not value.is_integer() or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(value)
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+def resolve_train_config(args):
+    """The resolved Config for `train` from the preset, the flags and --set, all checked; raises
+    UsageError (or ConfigError) before anything heavy starts."""
+    from actors.envs import check_env_id
+    from configs import ConfigError, load_config
+
+    overrides = list(args.set or [])
+    flags = {"env.id": args.env, "model.core": args.core, "run.total_frames": args.total_frames,
+             "run.num_actors": args.num_actors, "env.num_envs": args.envs_per_actor,
+             "run.seed": args.seed, "run.logdir": args.logdir}
+    overrides += [(key, value) for key, value in flags.items() if value is not None]
+    if args.resume:
+        if not args.logdir:
+            raise UsageError("--resume needs --logdir: the run directory to continue")
+        run_config = Path(args.logdir) / "config.yaml"
+        if not run_config.is_file():
+            raise UsageError(f"--resume: {args.logdir} holds no run (no config.yaml); "
+                             "start it without --resume first")
+        if not (Path(args.logdir) / "checkpoint.pt").is_file():
+            raise UsageError(f"--resume: {args.logdir} holds no checkpoint.pt to continue from")
+        if args.config:
+            raise UsageError("--resume continues with the run's own config.yaml; drop --config "
+                             "(use --set or the flags to change values such as --total-frames)")
+        cfg = load_config(run_config, overrides)
+    else:
+        cfg = load_config(args.config, overrides)
+        if not cfg.run.logdir:
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            cfg.run.logdir = str(Path("runs") / f"{cfg.env.id.replace('/', '_')}-{cfg.model.core}-{stamp}")
+        if (Path(cfg.run.logdir) / "config.yaml").exists():
+            raise UsageError(f"--logdir {cfg.run.logdir} already holds a run (config.yaml); pass --resume to "
+                             "continue it, or choose another --logdir")
+    try:
+        check_env_id(cfg.env.id)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    checks = [("run.num_actors", cfg.run.num_actors >= 1), ("env.num_envs", cfg.env.num_envs >= 1),
+              ("learner.batch_size", cfg.learner.batch_size >= 1),
+              ("learner.unroll_length", cfg.learner.unroll_length >= 1),
+              ("run.total_frames", cfg.run.total_frames >= 1),
+              ("run.max_rollouts_in_flight", cfg.run.max_rollouts_in_flight >= 1),
+              ("run.actor_cpus", cfg.run.actor_cpus > 0)]
+    for key, ok in checks:
+        if not ok:
+            raise ConfigError(f"{key} must be positive")
+    if cfg.env.num_envs % cfg.env.env_batches:
+        raise ConfigError(f"env.num_envs ({cfg.env.num_envs}) must be a multiple of env.env_batches "
+                          f"({cfg.env.env_batches})")
+    return cfg
+
+
+# -- Ray ----------------------------------------------------------------------------------------
+
+def start_ray(cfg, address=None):
+    """Join the cluster at `address`, or start Ray here with room for every actor."""
+    import ray
+    if ray.is_initialized():
+        return False
+    # Workers import the project from this directory, installed or not.
+    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        # Logical CPUs: at least one per actor plus the learner, even on a 2-core laptop
+        # (the actors then share cores; the OS schedules them).
+        need = int(cfg.run.num_actors * cfg.run.actor_cpus + 0.999) + 1
+        ray.init(num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False,
+                 runtime_env=runtime_env, log_to_driver=True)
+    return True
+
+
+def _learner_resources(cfg):
+    import ray
+    gpus = ray.cluster_resources().get("GPU", 0)
+    want_gpu = cfg.learner.device == "cuda" or (cfg.learner.device == "auto" and gpus >= 1)
+    if cfg.learner.device == "cuda" and gpus < 1:
+        raise UsageError("learner.device=cuda but the Ray cluster has no GPU; use learner.device=auto or cpu")
+    return {"num_gpus": 1 if want_gpu else 0, "num_cpus": 1}
+
+
+def _check_cluster_fits(cfg):
+    import ray
+    cpus = ray.cluster_resources().get("CPU", 0)
+    need = cfg.run.num_actors * cfg.run.actor_cpus + 1
+    if need > cpus:
+        raise UsageError(f"the Ray cluster has {cpus:g} CPUs but {cfg.run.num_actors} actors x "
+                         f"{cfg.run.actor_cpus:g} CPUs + 1 for the learner need {need:g}; lower "
+                         "--num-actors or run.actor_cpus, or add nodes")
+
+
+# -- training -----------------------------------------------------------------------------------
+
+def train(cfg, resume=False, address=None, progress=True, on_report=None):
+    """Train until run.total_frames or a stop signal; returns a summary dict. `on_report(report,
+    service)` is called after each interval (tests use it to interfere with a live run)."""
+    import ray
+    from tqdm import tqdm
+
+    from configs import config_to_dict, save_config
+    from learner import TensorBoardLogger, checkpoint
+    from learner.loop import LearnerService
+
+    logdir = Path(cfg.run.logdir)
+    logdir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = logdir / "checkpoint.pt"
+    payload = checkpoint.read(ckpt_path) if resume else None
+    started_ray = start_ray(cfg, address)
+    service = None
+    stop = {"signal": None}
+    previous = {}
+
+    def on_signal(signum, frame):
+        if stop["signal"] is not None:   # a second Ctrl-C: give up on the clean exit
+            raise KeyboardInterrupt
+        stop["signal"] = signum
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint and stopping "
+              "(press Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+
+    try:
+        if address:
+            _check_cluster_fits(cfg)
+        service = ray.remote(LearnerService).options(**_learner_resources(cfg)).remote(
+            config_to_dict(cfg), payload, str(ckpt_path))
+        state = ray.get(service.state.remote())
+        frames, extra = state["frames"], state["extra"]
+        recent = deque(extra.get("recent_returns", []), maxlen=100)
+        wall = extra.get("wall_time_s", 0.0)
+        if not resume:
+            save_config(cfg, logdir / "config.yaml")
+        # purge_step drops events a crash left beyond the checkpoint, so the curves continue cleanly.
+        logger = TensorBoardLogger(logdir, None if resume else cfg, purge_step=frames if resume else None)
+        episodes_csv = open(logdir / "episodes.csv", "a", newline="")
+        writer = csv.writer(episodes_csv)
+        if episodes_csv.tell() == 0:
+            writer.writerow(["frames", "return", "length"])
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, on_signal)
+
+        def save():
+            extra = {"recent_returns": list(recent), "wall_time_s": wall + time.monotonic() - t0}
+            checkpoint.save_atomic(ray.get(service.checkpoint_payload.remote(extra)), ckpt_path)
+
+        bar = tqdm(total=cfg.run.total_frames, initial=frames, unit="frame", unit_scale=True,
+                   dynamic_ncols=True, disable=not progress, desc=logdir.name)
+        t0 = last_save = time.monotonic()
+        while frames < cfg.run.total_frames and stop["signal"] is None:
+            report = ray.get(service.run.remote(min(cfg.run.log_interval_s, 5.0) if progress
+                                                else cfg.run.log_interval_s))
+            bar.update(report["frames"] - frames)
+            frames = report["frames"]
+            stats = report["stats"]
+            if report["episodes"]:
+                returns = [r for r, _ in report["episodes"]]
+                recent.extend(returns)
+                stats["episode/return"] = float(sum(returns) / len(returns))
+                stats["episode/length"] = float(sum(n for _, n in report["episodes"]) / len(returns))
+                writer.writerows((frames, r, n) for r, n in report["episodes"])
+            logger.scalars(stats, frames)
+            mean_return = sum(recent) / len(recent) if recent else float("nan")
+            bar.set_postfix_str(f"{stats['perf/env_frames_per_s']:,.0f} frames/s, "
+                                f"return {mean_return:.2f} (last {len(recent)})", refresh=False)
+            if not progress:
+                print(f"frames {frames:,}  {stats['perf/env_frames_per_s']:,.0f} frames/s  "
+                      f"return {mean_return:.2f}", flush=True)
+            if on_report is not None:
+                on_report(report, service)
+            if time.monotonic() - last_save >= cfg.run.checkpoint_interval_s:
+                save()
+                last_save = time.monotonic()
+        save()
+        bar.close()
+        logger.close()
+        episodes_csv.close()
+        return {"frames": frames, "stopped_by": signal.Signals(stop["signal"]).name if stop["signal"] else None,
+                "final_return": sum(recent) / len(recent) if recent else None,
+                "episodes": len(recent), "logdir": str(logdir),
+                "wall_time_s": wall + time.monotonic() - t0}
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if service is not None:
+            try:
+                ray.get(service.close.remote(), timeout=30)
+            except Exception:  # noqa: BLE001  shutting down: nothing left to save here
+                pass
+            ray.kill(service)
+        if started_ray:
+            ray.shutdown()
+
+
+def cmd_train(args):
+    cfg = resolve_train_config(args)
+    print(f"run directory: {cfg.run.logdir}   (tensorboard --logdir {cfg.run.logdir})", flush=True)
+    summary = train(cfg, resume=args.resume, address=args.address, progress=not args.no_progress)
+    ret = summary["final_return"]
+    print(f"{'stopped' if summary['stopped_by'] else 'finished'} at {summary['frames']:,} frames; "
+          f"mean return of the last {summary['episodes']} episodes: "
+          f"{'n/a' if ret is None else f'{ret:.2f}'}; checkpoint: {cfg.run.logdir}/checkpoint.pt")
+    return 0
+
+
+# -- the parser ---------------------------------------------------------------------------------
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="launch.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train an agent (IMPALA + V-trace) with Ray actors")
+    t.add_argument("--config", help="YAML preset (e.g. configs/atari_cpu.yaml, or just atari_cpu.yaml)")
+    t.add_argument("--env", help="env id: ALE/<Game>-v5, popgym-<Task>-v0, CartPole-v1, ...")
+    t.add_argument("--core", help="lstm, linear_transformer, delta_net, delta_rnn, rdn, delta_lstm")
+    t.add_argument("--total-frames", type=_count, help="environment frames to train for (e.g. 2e6)")
+    t.add_argument("--num-actors", type=_count)
+    t.add_argument("--envs-per-actor", type=_count)
+    t.add_argument("--seed", type=_count)
+    t.add_argument("--logdir", help="run directory (default runs/<env>-<core>-<date-time>)")
+    t.add_argument("--address", help="join a running Ray cluster (e.g. auto); default: start Ray here")
+    t.add_argument("--resume", action="store_true", help="continue the run in --logdir from its checkpoint")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any config value, e.g. --set learner.lr=3e-4 (repeatable)")
+    t.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    t.set_defaults(func=cmd_train)
+    return parser
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="launch.py", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run every core once on random input")
-    demo.add_argument("--steps", type=int, default=20)
-    demo.set_defaults(func=cmd_demo)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    from configs import ConfigError
+    from learner.checkpoint import CheckpointError
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, ConfigError, CheckpointError) as e:
+        print(f"launch.py {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -75,8 +75,9 @@ class LearnerConfig:
 class RunConfig:
     total_frames: int = 200_000_000    # environment frames (agent steps x frame skip)
     num_actors: int = 48
+    actor_cpus: float = 1.0           # CPUs Ray reserves per actor (its env threads use them)
     seed: int = 0
-    logdir: str = "runs/default"
+    logdir: str = ""                   # "" -> runs/<env>-<core>-<date-time>
     max_rollouts_in_flight: int = 2    # per actor: back-pressure keeps memory flat
     checkpoint_interval_s: float = 600.0
     log_interval_s: float = 10.0

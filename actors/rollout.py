@@ -1,0 +1,135 @@
+"""The rollout worker: N environments and a CPU copy of the agent, producing unrolls of T steps.
+
+One worker lives in each Ray actor (`ray.remote(RolloutWorker)`); tests use it in-process. Acting
+happens here, one `Agent.act` per batch of env outputs: a Ray call per step would cost more than
+the step. With `env.env_batches` > 1 the env answers in batches of N / env_batches, and while the
+worker acts on one batch the others step in ALE's C++ threads.
+
+Each env runs a continuous stream of steps s = 0, 1, 2, ... . Rollout k holds steps kT ... kT+T
+(T+1 observations, [T+1, N, ...]), so consecutive rollouts overlap by one observation, and the core
+state that travels with rollout k is each env's state before it acted on step kT. With batches in
+flight, envs drift a step or two apart; an env that finishes rollout k carries straight on into
+rollout k+1 (its rows are kept for the next call), so the envs never wait for each other.
+"""
+import numpy as np
+import torch
+
+from agents import Agent
+from configs import config_from_dict
+
+from .envs import make_env
+
+
+class RolloutWorker:
+    def __init__(self, cfg, worker_index=0, seed=0, torch_threads=1):
+        """cfg: a configs.Config or its dict form (what travels to a Ray actor)."""
+        cfg = config_from_dict(cfg) if isinstance(cfg, dict) else cfg
+        torch.set_num_threads(torch_threads)
+        self.index = worker_index
+        self.T = cfg.learner.unroll_length
+        self.env = make_env(cfg.env, cfg.env.num_envs, seed)
+        self.agent = Agent(self.env.observation_space, self.env.num_actions, cfg)
+        self.agent.eval()
+        self.version = -1
+        N = self.env.num_envs
+        self.core_state = self.agent.initial_state(N)   # each env's state before its next step
+        self.last_action = np.zeros(N, np.int64)
+        self.step = np.zeros(N, np.int64)               # each env's next step index s
+        self.rollouts = {}                              # k -> rollout being filled
+        self.episodes = []
+        self.next_k = 0
+        # Start every env: act on the reset observation, in batches as the env expects them.
+        obs = self.env.reset()
+        zeros, ones = np.zeros(N, np.float32), np.ones(N, bool)
+        with torch.inference_mode():
+            for ids in np.array_split(np.arange(N), self.env.env_batches):
+                self._record_act_send(ids, obs[ids], zeros[ids], ones[ids])
+
+    def set_weights(self, weights):
+        """weights: (version, state_dict) as published by the learner."""
+        version, state_dict = weights
+        if version != self.version:
+            self.agent.load_state_dict(state_dict)
+            self.version = version
+
+    def info(self):
+        e = self.env
+        return dict(observation_space=e.observation_space, num_actions=e.num_actions,
+                    frames_per_step=e.frames_per_step, num_envs=e.num_envs)
+
+    @torch.inference_mode()
+    def rollout(self, weights=None):
+        """Step until rollout k = 0, 1, 2, ... is complete in every env and return it: numpy arrays
+        [T+1, N, ...] (obs, reward, first, last_action, action, logits), the core state before
+        row 0, the weights version, and the games finished meanwhile as (return, length)."""
+        if weights is not None:
+            self.set_weights(weights)
+        k, T = self.next_k, self.T
+        while (self.step <= (k + 1) * T).any():
+            ids, obs, reward, first, done = self.env.recv()
+            self.episodes.extend((float(r), int(n)) for _, r, n in done)
+            self._record_act_send(np.asarray(ids), obs, reward, first)
+        self.next_k += 1
+        out = self.rollouts.pop(k)
+        out["episodes"], self.episodes = self.episodes, []
+        return out
+
+    def _buffer(self, k, ids):
+        if k not in self.rollouts:
+            T, N, e = self.T, self.env.num_envs, self.env
+            self.rollouts[k] = {
+                "obs": np.zeros((T + 1, N, *e.observation_space.shape), e.observation_space.dtype),
+                "reward": np.zeros((T + 1, N), np.float32),
+                "first": np.zeros((T + 1, N), bool),
+                "last_action": np.zeros((T + 1, N), np.int64),
+                # Row T's action is taken in the next rollout (its row 0); it stays 0 here.
+                "action": np.zeros((T + 1, N), np.int64),
+                "logits": np.zeros((T + 1, N, e.num_actions), np.float32),
+                "core_state": tuple(torch.zeros_like(s) for s in self.core_state),
+                "version": self.version,
+                "worker": self.index,
+            }
+        return self.rollouts[k]
+
+    def _record_act_send(self, ids, obs, reward, first):
+        """Record one env output per id, act on it, and send the actions back to the env."""
+        s = self.step[ids]
+        last = np.where(first, 0, self.last_action[ids])
+        k, t = s // self.T, s % self.T
+        fields = dict(obs=obs, reward=reward, first=first, last_action=last)
+        # Step s is row t of rollout k and, on a boundary (t == 0, k > 0), also row T of rollout k-1.
+        for kk in np.unique(k):
+            m = k == kk
+            rows = [(kk, t[m], m)]
+            if kk > 0:
+                b = m & (t == 0)
+                if b.any():
+                    rows.append((kk - 1, np.full(b.sum(), self.T), b))
+            for rk, rt, rm in rows:
+                buf = self._buffer(rk, ids)
+                for name, value in fields.items():
+                    buf[name][rt, ids[rm]] = value[rm]
+        idx = torch.from_numpy(ids)
+        state = tuple(x[idx] for x in self.core_state)
+        for kk in np.unique(k[t == 0]):  # the state a rollout starts from: before its row 0
+            m = (k == kk) & (t == 0)
+            buf = self._buffer(kk, ids)
+            for dst, src in zip(buf["core_state"], state):
+                dst[torch.from_numpy(ids[m])] = src[torch.from_numpy(m)]
+        action, logits, state = self.agent.act(
+            torch.from_numpy(obs), torch.from_numpy(reward), torch.from_numpy(first), state,
+            torch.from_numpy(last))
+        for x, new in zip(self.core_state, state):
+            x[idx] = new
+        action = action.numpy()
+        for kk in np.unique(k):
+            m = k == kk
+            buf = self._buffer(kk, ids)
+            buf["action"][t[m], ids[m]] = action[m]
+            buf["logits"][t[m], ids[m]] = logits.numpy()[m]
+        self.last_action[ids] = action
+        self.step[ids] += 1
+        self.env.send(action, ids)
+
+    def close(self):
+        self.env.close()
