@@ -1,0 +1,97 @@
+"""The agent (DESIGN.md): torso -> ReLU -> Linear(hidden) -> ReLU -> concat [clipped last reward,
+one-hot last action (optional)] -> core -> policy logits and baseline.
+
+    agent = Agent(env.observation_space, env.num_actions, cfg)
+    state = agent.initial_state(N)
+    action, logits, state = agent.act(obs, last_reward, first, state)        # actors: [N, ...]
+    logits, baseline = agent.unroll(obs, reward, first, state0)              # learner: [T+1, B, ...]
+
+`reset[t, b]` (the batch's "first") resets the core before step t. uint8 frames are scaled by 1/255
+here, so actors and the object store move bytes, not floats.
+"""
+import dataclasses
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fwp_core import make_core
+
+from .torsos import make_torso, resolve_torso
+
+
+class Agent(nn.Module):
+    def __init__(self, observation_space, num_actions, cfg):
+        super().__init__()
+        if isinstance(num_actions, bool) or not isinstance(num_actions, (int, np.integer)) or num_actions < 1:
+            raise ValueError(f"num_actions must be a positive integer, got {num_actions!r}")
+        self.obs_shape = tuple(int(d) for d in observation_space.shape)
+        self.obs_dtype = np.dtype(observation_space.dtype).name
+        self.obs_is_uint8 = self.obs_dtype == "uint8"
+        self.num_actions = int(num_actions)
+        self.reward_clip = float(cfg.learner.reward_clip)
+        self.use_last_action = cfg.model.use_last_action
+        self.torso_name = resolve_torso(cfg.model.torso, self.obs_shape)
+        self.torso = make_torso(self.torso_name, self.obs_shape, cfg.model.hidden_size)
+        self.fc = nn.Linear(self.torso.output_size, cfg.model.hidden_size)
+        core_input = cfg.model.hidden_size + 1 + (self.num_actions if self.use_last_action else 0)
+        self.core = make_core(cfg.model.core, core_input, **dataclasses.asdict(cfg.core))
+        self.policy = nn.Linear(self.core.output_size, self.num_actions)
+        self.baseline = nn.Linear(self.core.output_size, 1)
+
+    def initial_state(self, batch_size, device=None):
+        return self.core.initial_state(batch_size, device)
+
+    def unroll(self, obs, last_reward, reset, state, last_action=None):
+        """A whole sequence: obs [T+1, B, *obs_shape], last_reward and reset [T+1, B] (last_action
+        [T+1, B] int64 when cfg.model.use_last_action), state the core state before step 0.
+        Returns logits [T+1, B, A] and baseline [T+1, B]; the core runs once over all steps."""
+        logits, baseline, _ = self._forward(obs, last_reward, reset, state, last_action)
+        return logits, baseline
+
+    @torch.no_grad()  # not inference_mode: its tensors could not enter the learner's autograd later
+    def act(self, obs, last_reward, reset, state, last_action=None, greedy=False):
+        """One step for N envs: obs [N, *obs_shape], last_reward [N], reset [N] bool (numpy or torch).
+        Returns action [N] int64 (sampled, or the argmax when greedy), logits [N, A], new state."""
+        device = self.fc.weight.device
+        as_t = lambda x: None if x is None else torch.as_tensor(x, device=device)[None]  # noqa: E731  add T=1
+        logits, _, state = self._forward(as_t(obs), as_t(last_reward), as_t(reset), state, as_t(last_action))
+        logits = logits[0]
+        if greedy:
+            action = logits.argmax(-1)
+        else:
+            action = torch.multinomial(F.softmax(logits.float(), dim=-1), 1).squeeze(-1)
+        return action, logits, state
+
+    def _forward(self, obs, last_reward, reset, state, last_action):
+        T, B = self._check(obs, last_reward, reset, last_action)
+        dtype = self.fc.weight.dtype
+        x = obs.flatten(0, 1).to(dtype)
+        if self.obs_is_uint8:
+            x = x * (1.0 / 255.0)
+        x = F.relu(self.fc(F.relu(self.torso(x)))).view(T, B, -1)
+        r = last_reward.to(x.dtype)
+        if self.reward_clip > 0:
+            r = r.clamp(-self.reward_clip, self.reward_clip)
+        parts = [x, r.unsqueeze(-1)]
+        if self.use_last_action:
+            parts.append(F.one_hot(last_action.long(), self.num_actions).to(x.dtype))
+        y, state = self.core(torch.cat(parts, dim=-1), state, reset.bool())
+        return self.policy(y), self.baseline(y).squeeze(-1), state
+
+    def _check(self, obs, last_reward, reset, last_action):
+        if tuple(obs.shape[2:]) != self.obs_shape or obs.dim() != 2 + len(self.obs_shape):
+            raise ValueError(f"obs has shape {tuple(obs.shape)}, expected [T, B, {', '.join(map(str, self.obs_shape))}]"
+                             f" ([N, ...] in act) for this agent's observation space")
+        T, B = obs.shape[:2]
+        for name, x in (("last_reward", last_reward), ("reset", reset)):
+            if x is None or tuple(x.shape) != (T, B):
+                got = None if x is None else tuple(x.shape)
+                raise ValueError(f"{name} must be [T, B] = [{T}, {B}] ([N] in act), got {got}")
+        if self.use_last_action:
+            if last_action is None or tuple(last_action.shape) != (T, B):
+                got = None if last_action is None else tuple(last_action.shape)
+                raise ValueError(f"model.use_last_action is on: last_action must be [T, B] = [{T}, {B}] "
+                                 f"([N] in act), got {got}")
+        return T, B

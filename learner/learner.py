@@ -1,0 +1,191 @@
+"""The learner: one V-trace update per batch (CONTRACT.md), weights with a version, checkpoints.
+
+    learner = Learner(cfg, env.observation_space, env.num_actions, frames_per_step=env.frames_per_step)
+    stats = learner.step(batch)                  # {"loss/total": ..., "learner/lr": ..., ...}
+    version, state_dict = learner.weights()      # CPU copy to publish to the actors
+    learner.save(run_dir / "checkpoint.pt", extra={...});  extra = learner.load(path)
+
+An update that meets a NaN or Inf loss or gradient is skipped: no optimiser step, the weights,
+optimiser state and version stay as they were, and learner/skipped_updates counts it.
+"""
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from agents import Agent
+from configs import config_to_dict
+
+from . import checkpoint, losses, vtrace
+from .batch import check_batch, to_device
+from .checkpoint import CheckpointError
+
+
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("learner.device=cuda but no CUDA device is visible; use learner.device=auto or cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"unknown learner.device {name!r}; choose one of auto, cpu, cuda")
+    return torch.device(name)
+
+
+class Learner:
+    def __init__(self, cfg, observation_space, num_actions, frames_per_step=1):
+        if isinstance(frames_per_step, bool) or not isinstance(frames_per_step, (int, np.integer)) \
+                or frames_per_step < 1:
+            raise ValueError(f"frames_per_step must be a positive integer, got {frames_per_step!r}")
+        self.cfg, self.frames_per_step = cfg, int(frames_per_step)
+        self.device = resolve_device(cfg.learner.device)
+        # Initial weights depend on run.seed only, without disturbing the caller's global RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.run.seed)
+            self.agent = Agent(observation_space, num_actions, cfg)
+        self.agent.to(self.device)
+        self.optimizer = self._make_optimizer()
+        self.bf16 = cfg.learner.bf16 and self.device.type == "cuda"
+        if cfg.learner.bf16 and not self.bf16:
+            warnings.warn("learner.bf16 applies on CUDA only; this learner runs on the CPU in float32")
+        self.frames = 0            # environment frames consumed (T * B * frames_per_step per batch)
+        self.version = 0           # applied updates: the weights' version number
+        self.skipped_updates = 0   # updates refused by the non-finite guard
+
+    def _make_optimizer(self):
+        lc = self.cfg.learner
+        return torch.optim.RMSprop(self.agent.parameters(), lr=lc.lr, alpha=lc.rmsprop_alpha,
+                                   eps=lc.rmsprop_eps, momentum=lc.rmsprop_momentum)
+
+    def current_lr(self):
+        """Linear decay to zero over run.total_frames, as a function of the frames consumed so far."""
+        lc = self.cfg.learner
+        if not lc.lr_decay:
+            return lc.lr
+        return lc.lr * max(0.0, 1.0 - self.frames / self.cfg.run.total_frames)
+
+    def step(self, batch):
+        """One update on a batch of B unrolls; returns the update's statistics (floats)."""
+        lc = self.cfg.learner
+        T, B = check_batch(batch, self.agent.obs_shape, self.agent.num_actions)
+        b = to_device(batch, self.device)
+        lr = self.current_lr()
+
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
+            logits, baseline = self.agent.unroll(b["obs"], b["reward"], b["first"], b["core_state"],
+                                                 b["last_action"])
+        logits, baseline = logits.float(), baseline.float()
+
+        # Step t: action[t] taken at obs t earns reward[t+1]; the episode ends if obs t+1 is a first.
+        rewards = b["reward"][1:]
+        if lc.reward_clip > 0:
+            rewards = rewards.clamp(-lc.reward_clip, lc.reward_clip)
+        discounts = (~b["first"][1:]).float() * lc.discount
+        actions = b["action"][:-1]
+        vt = vtrace.from_logits(
+            behaviour_policy_logits=b["logits"][:-1], target_policy_logits=logits[:-1], actions=actions,
+            discounts=discounts, rewards=rewards, values=baseline[:-1], bootstrap_value=baseline[-1],
+            clip_rho_threshold=lc.clip_rho, clip_pg_rho_threshold=lc.clip_pg_rho, lambda_=lc.vtrace_lambda)
+
+        pg_loss = losses.policy_gradient_loss(logits[:-1], actions, vt.pg_advantages, lc.loss_reduction)
+        baseline_loss = lc.baseline_cost * losses.baseline_loss(vt.vs, baseline[:-1], lc.loss_reduction)
+        entropy_loss = lc.entropy_cost * losses.entropy_loss(logits[:-1], lc.loss_reduction)
+        total_loss = pg_loss + baseline_loss + entropy_loss
+
+        self.optimizer.zero_grad(set_to_none=True)
+        total_loss.backward()
+        max_norm = lc.grad_clip if lc.grad_clip > 0 else float("inf")
+        grad_norm = nn.utils.clip_grad_norm_(self.agent.parameters(), max_norm)
+        values = torch.stack([total_loss, pg_loss, baseline_loss, entropy_loss, grad_norm]).detach()
+        total, pg, base, ent, norm = values.tolist()  # the update's one device synchronisation
+        if np.isfinite(total) and np.isfinite(norm):
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.step()
+            self.version += 1
+        else:
+            self.skipped_updates += 1
+        self.optimizer.zero_grad(set_to_none=True)  # a skipped update's gradients go nowhere
+        self.frames += T * B * self.frames_per_step
+        return {"loss/total": total, "loss/pg": pg, "loss/baseline": base, "loss/entropy": ent,
+                "learner/grad_norm": norm, "learner/lr": lr,
+                "learner/skipped_updates": float(self.skipped_updates)}
+
+    def weights(self):
+        """(version, state_dict copied to the CPU): what the actors load with agent.load_state_dict."""
+        return self.version, {k: v.detach().to("cpu", copy=True) for k, v in self.agent.state_dict().items()}
+
+    # -- checkpoints -------------------------------------------------------------------------------
+
+    def _meta(self):
+        a = self.agent
+        return {"core": self.cfg.model.core, "torso": a.torso_name, "num_actions": a.num_actions,
+                "observation_shape": list(a.obs_shape), "observation_dtype": a.obs_dtype,
+                "use_last_action": a.use_last_action}
+
+    def save(self, path, extra=None):
+        """Write everything needed to continue (atomically); `extra`: the caller's own plain data."""
+        checkpoint.save_atomic({
+            "format": checkpoint.FORMAT,
+            "meta": self._meta(),
+            "model": self.agent.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            # The lr schedule is a function of these counters and the config: no scheduler state.
+            "counters": {"frames": self.frames, "version": self.version,
+                         "skipped_updates": self.skipped_updates},
+            "rng": checkpoint.rng_state(),
+            "config": config_to_dict(self.cfg),
+            "extra": extra if extra is not None else {},
+        }, path)
+
+    def load(self, path):
+        """Continue from the checkpoint at `path`; returns its `extra`. Everything is checked before
+        anything is changed: a checkpoint that does not fit raises CheckpointError, leaving this
+        learner as it was."""
+        payload = checkpoint.read(path)
+        mine, theirs = self._meta(), payload["meta"] if isinstance(payload["meta"], dict) else {}
+        for key, value in mine.items():
+            if theirs.get(key) != value:
+                raise CheckpointError(f"checkpoint {path} does not fit this learner: {key} is "
+                                      f"{theirs.get(key)!r} in the checkpoint, {value!r} here")
+        self._check_model_state(payload["model"], path)
+        optimizer = self._make_optimizer()  # a fresh one: a failed load cannot touch ours
+        try:
+            optimizer.load_state_dict(payload["optimizer"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"checkpoint {path}: optimiser state does not fit this model: {e}") from None
+        self._check_optimizer_state(payload["optimizer"], path)
+        counters = payload["counters"]
+        if not all(isinstance(counters.get(k), int) for k in ("frames", "version", "skipped_updates")):
+            raise CheckpointError(f"checkpoint {path}: counters are malformed: {counters!r}")
+        checkpoint.check_rng_state(payload["rng"], path)
+
+        self.agent.load_state_dict(payload["model"])
+        self.optimizer = optimizer
+        self.frames, self.version = counters["frames"], counters["version"]
+        self.skipped_updates = counters["skipped_updates"]
+        checkpoint.set_rng_state(payload["rng"])
+        return payload["extra"]
+
+    def _check_model_state(self, state, path):
+        own = self.agent.state_dict()
+        if not isinstance(state, dict):
+            raise CheckpointError(f"checkpoint {path}: model state is not a state dict")
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise CheckpointError(f"checkpoint {path} does not fit this model: missing {missing[:5]}, "
+                                  f"unexpected {unexpected[:5]}")
+        for key, value in own.items():
+            if not isinstance(state[key], torch.Tensor) or state[key].shape != value.shape:
+                got = tuple(state[key].shape) if isinstance(state[key], torch.Tensor) else type(state[key]).__name__
+                raise CheckpointError(f"checkpoint {path} does not fit this model: {key} has shape {got} "
+                                      f"in the checkpoint, {tuple(value.shape)} here")
+
+    def _check_optimizer_state(self, state, path):
+        params = list(self.agent.parameters())
+        for index, slots in state["state"].items():
+            for name, value in slots.items():
+                if name != "step" and (not isinstance(value, torch.Tensor) or value.shape != params[index].shape):
+                    raise CheckpointError(f"checkpoint {path}: optimiser slot {name} of parameter {index} "
+                                          f"does not match the parameter's shape {tuple(params[index].shape)}")
+

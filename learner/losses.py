@@ -1,0 +1,31 @@
+"""The IMPALA losses (torchbeast's), each reduced over T x B by `reduction` ("sum" as in the paper's
+runs, or "mean"). The learner weights them: pg + baseline_cost * baseline + entropy_cost * entropy.
+"""
+import torch
+from torch.nn import functional as F
+
+REDUCTIONS = ("sum", "mean")
+
+
+def _reduce(x, reduction):
+    if reduction == "sum":
+        return x.sum()
+    if reduction == "mean":
+        return x.mean()
+    raise ValueError(f"unknown loss reduction {reduction!r}; choose one of {', '.join(REDUCTIONS)}")
+
+
+def policy_gradient_loss(logits, actions, advantages, reduction="sum"):
+    """−log π(a_t|x_t) · A_t, with A_t the V-trace advantages (a constant: no gradient through it)."""
+    log_pi = F.log_softmax(logits, dim=-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    return _reduce(-log_pi * advantages.detach(), reduction)
+
+
+def baseline_loss(vs, values, reduction="sum"):
+    """0.5 (v_s − V(x_s))²: regress the baseline on the V-trace targets."""
+    return _reduce(0.5 * (vs.detach() - values) ** 2, reduction)
+
+
+def entropy_loss(logits, reduction="sum"):
+    """Σ_a π log π, the negative entropy: minimising it keeps the policy exploring."""
+    return _reduce((F.softmax(logits, dim=-1) * F.log_softmax(logits, dim=-1)).sum(-1), reduction)

@@ -1,0 +1,134 @@
+"""The agent: act stepped T times equals one unroll, torsos, input scaling, sampling, bad input."""
+import numpy as np
+import pytest
+import torch
+
+from agents import Agent, make_torso
+from fwp_core import CORES
+
+from .learner_cases import NUM_ACTIONS, VECTOR, image_space, tiny_config
+
+
+def _sequence(agent, T, B, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if agent.obs_is_uint8:
+        obs = torch.randint(0, 256, (T + 1, B, *agent.obs_shape), generator=g, dtype=torch.uint8)
+    else:
+        obs = torch.randn(T + 1, B, *agent.obs_shape, generator=g, dtype=torch.float64)
+    reward = torch.randn(T + 1, B, generator=g, dtype=torch.float64) * 2  # some beyond the clip
+    reset = torch.zeros(T + 1, B, dtype=torch.bool)
+    reset[0, 0] = reset[2, 1] = reset[T, 0] = True  # resets inside the sequence, not only at its start
+    last_action = torch.randint(0, NUM_ACTIONS, (T + 1, B), generator=g)
+    state = tuple(torch.randn(s.shape, generator=g, dtype=torch.float64) * 0.3 for s in agent.initial_state(B))
+    return obs, reward, reset, state, last_action
+
+
+def _step_by_step_equals_unroll(agent, T=5, B=2):
+    obs, reward, reset, state0, last_action = _sequence(agent, T, B)
+    logits, baseline = agent.unroll(obs, reward, reset, state0, last_action)
+    assert logits.shape == (T + 1, B, NUM_ACTIONS) and baseline.shape == (T + 1, B)
+    state, stepped = state0, []
+    for t in range(T + 1):
+        action, logits_t, state = agent.act(obs[t], reward[t], reset[t], state, last_action[t])
+        assert action.shape == (B,) and action.dtype == torch.int64
+        stepped.append(logits_t)
+    torch.testing.assert_close(torch.stack(stepped), logits, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("use_last_action", [False, True])
+@pytest.mark.parametrize("core", CORES)
+def test_act_stepped_equals_unroll(core, use_last_action):
+    torch.manual_seed(0)
+    agent = Agent(VECTOR, NUM_ACTIONS, tiny_config(core, f"model.use_last_action={use_last_action}")).double()
+    _step_by_step_equals_unroll(agent)
+
+
+@pytest.mark.parametrize("torso,shape", [("impala_resnet", (4, 20, 20)), ("nature", (4, 36, 36))])
+def test_act_stepped_equals_unroll_with_conv_torsos(torso, shape):
+    torch.manual_seed(0)
+    agent = Agent(image_space(shape), NUM_ACTIONS, tiny_config("lstm", f"model.torso={torso}")).double()
+    _step_by_step_equals_unroll(agent, T=3)
+
+
+def test_last_action_and_reward_reach_the_core_and_rewards_are_clipped():
+    torch.manual_seed(0)
+    agent = Agent(VECTOR, NUM_ACTIONS, tiny_config("lstm", "model.use_last_action=true")).double()
+    obs, reward, reset, state, last_action = _sequence(agent, 3, 2)
+    base = agent.unroll(obs, reward, reset, state, last_action)[0]
+    assert not torch.allclose(base, agent.unroll(obs, reward, reset, state, (last_action + 1) % NUM_ACTIONS)[0])
+    ones = torch.ones_like(reward)
+    # reward_clip = 1: a reward of 5 reads as 1; 0.5 does not.
+    torch.testing.assert_close(agent.unroll(obs, 5 * ones, reset, state, last_action)[0],
+                               agent.unroll(obs, ones, reset, state, last_action)[0], rtol=0, atol=0)
+    assert not torch.allclose(agent.unroll(obs, 0.5 * ones, reset, state, last_action)[0],
+                              agent.unroll(obs, ones, reset, state, last_action)[0])
+    agent.reward_clip = 0.0  # learner.reward_clip = 0: off
+    assert not torch.allclose(agent.unroll(obs, 5 * ones, reset, state, last_action)[0],
+                              agent.unroll(obs, ones, reset, state, last_action)[0])
+
+
+def test_uint8_frames_are_scaled_by_1_over_255():
+    import gymnasium as gym
+    cfg = tiny_config("lstm")
+    torch.manual_seed(0)
+    byte_agent = Agent(image_space(), NUM_ACTIONS, cfg).double()
+    float_agent = Agent(gym.spaces.Box(0.0, 1.0, (4, 20, 20), np.float32), NUM_ACTIONS, cfg).double()
+    float_agent.load_state_dict(byte_agent.state_dict())
+    obs, reward, reset, state, _ = _sequence(byte_agent, 2, 2)
+    torch.testing.assert_close(byte_agent.unroll(obs, reward, reset, state)[0],
+                               float_agent.unroll(obs.double() / 255.0, reward, reset, state)[0])
+
+
+def test_torso_sizes_on_atari_frames():
+    # IMPALA ResNet: 84 -> 42 -> 21 -> 11 after three stride-2 pools, 32 channels: 3872 features.
+    resnet = make_torso("impala_resnet", (4, 84, 84), 256)
+    assert resnet.output_size == 32 * 11 * 11
+    convs = [m for m in resnet.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16] * 5 + [32] * 5 + [32] * 5  # stage conv + 2 blocks x 2
+    assert all(c.kernel_size == (3, 3) for c in convs)
+    pools = [m for m in resnet.modules() if isinstance(m, torch.nn.MaxPool2d)]
+    assert len(pools) == 3 and all(p.kernel_size == 3 and p.stride == 2 for p in pools)
+    # Nature: 84 -8/4-> 20 -4/2-> 9 -3/1-> 7, 64 channels: 3136 features.
+    assert make_torso("nature", (4, 84, 84), 256).output_size == 64 * 7 * 7
+    out = resnet(torch.zeros(3, 4, 84, 84))
+    assert out.shape == (3, 3872)
+
+
+def test_auto_torso_and_layout_errors():
+    assert Agent(image_space(), 4, tiny_config("lstm")).torso_name == "impala_resnet"
+    assert Agent(VECTOR, 4, tiny_config("lstm")).torso_name == "mlp"
+    import gymnasium as gym
+    with pytest.raises(ValueError, match=r"torso 'auto' takes images .* got an observation of shape \(3, 4\)"):
+        Agent(gym.spaces.Box(0, 1, (3, 4)), 4, tiny_config("lstm"))
+    with pytest.raises(ValueError, match=r"torso 'mlp' needs a flat vector \[F\], got an observation of shape \(4, 20, 20\)"):
+        Agent(image_space(), 4, tiny_config("lstm", "model.torso=mlp"))
+    with pytest.raises(ValueError, match="num_actions must be a positive integer, got 0"):
+        Agent(VECTOR, 0, tiny_config("lstm"))
+
+
+def test_bad_inputs_are_named():
+    agent = Agent(VECTOR, NUM_ACTIONS, tiny_config("lstm", "model.use_last_action=true"))
+    state = agent.initial_state(2)
+    obs, r, reset = torch.zeros(2, 6), torch.zeros(2), torch.zeros(2, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"obs has shape \(1, 2, 5\), expected \[T, B, 6\]"):
+        agent.act(torch.zeros(2, 5), r, reset, state, torch.zeros(2, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"reset must be \[T, B\] = \[1, 2\]"):
+        agent.act(obs, r, torch.zeros(3, dtype=torch.bool), state, torch.zeros(2, dtype=torch.int64))
+    with pytest.raises(ValueError, match="use_last_action is on: last_action must be"):
+        agent.act(obs, r, reset, state)
+
+
+def test_act_samples_from_the_policy_and_greedy_takes_the_argmax():
+    torch.manual_seed(0)
+    agent = Agent(VECTOR, NUM_ACTIONS, tiny_config("lstm"))
+    with torch.no_grad():  # a peaked-but-not-degenerate policy: logits (0, 1, 2) whatever the input
+        agent.policy.weight.zero_()
+        agent.policy.bias.copy_(torch.tensor([0.0, 1.0, 2.0]))
+    N = 6000
+    obs = np.random.default_rng(0).normal(size=(N, 6)).astype(np.float32)  # numpy in, as from an env
+    action, logits, _ = agent.act(obs, np.zeros(N, np.float32), np.ones(N, bool), agent.initial_state(N))
+    p = np.exp([0.0, 1.0, 2.0]) / np.exp([0.0, 1.0, 2.0]).sum()
+    freq = np.bincount(action.numpy(), minlength=3) / N
+    assert np.all(np.abs(freq - p) < 4 * np.sqrt(p * (1 - p) / N)), (freq, p)
+    greedy, _, _ = agent.act(obs, np.zeros(N, np.float32), np.ones(N, bool), agent.initial_state(N), greedy=True)
+    assert (greedy == 2).all() and logits.shape == (N, 3) and not logits.requires_grad
