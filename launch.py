@@ -162,6 +162,8 @@ def train(cfg, resume=False, address=None, progress=True, on_report=None):
         service = ray.remote(LearnerService).options(**_learner_resources(cfg)).remote(
             config_to_dict(cfg), payload, str(ckpt_path))
         state = ray.get(service.state.remote())
+        if state["error"]:
+            raise checkpoint.CheckpointError(state["error"])
         frames, extra = state["frames"], state["extra"]
         recent = deque(extra.get("recent_returns", []), maxlen=100)
         wall = extra.get("wall_time_s", 0.0)

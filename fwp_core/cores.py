@@ -102,7 +102,9 @@ class LSTMCore(Core):
             if reset is not None:
                 keep = (~reset[a]).to(h.dtype)[None, :, None]
                 h, c = h * keep, c * keep
-            y, (h, c) = self.lstm(x[a:b], (h, c))
+            # fp32 even under bf16 autocast: cuDNN RNNs take bf16 only from cuDNN 9.13 on.
+            with torch.autocast(x.device.type, enabled=False):
+                y, (h, c) = self.lstm(x[a:b].to(h.dtype), (h, c))
             ys.append(y)
         return torch.cat(ys), (h.transpose(0, 1), c.transpose(0, 1))
 

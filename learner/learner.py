@@ -123,26 +123,38 @@ class Learner:
                 "observation_shape": list(a.obs_shape), "observation_dtype": a.obs_dtype,
                 "use_last_action": a.use_last_action}
 
-    def save(self, path, extra=None):
-        """Write everything needed to continue (atomically); `extra`: the caller's own plain data."""
-        checkpoint.save_atomic({
+    def payload(self, extra=None):
+        """Everything needed to continue, as plain data and CPU tensors (what `save` writes; the
+        training loop ships it from the learner's Ray actor to the driver, which writes it)."""
+        to_cpu = lambda x: x.detach().cpu() if isinstance(x, torch.Tensor) else x  # noqa: E731
+        optimizer = self.optimizer.state_dict()
+        optimizer["state"] = {i: {k: to_cpu(v) for k, v in slots.items()}
+                              for i, slots in optimizer["state"].items()}
+        return {
             "format": checkpoint.FORMAT,
             "meta": self._meta(),
-            "model": self.agent.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": {k: to_cpu(v) for k, v in self.agent.state_dict().items()},
+            "optimizer": optimizer,
             # The lr schedule is a function of these counters and the config: no scheduler state.
             "counters": {"frames": self.frames, "version": self.version,
                          "skipped_updates": self.skipped_updates},
             "rng": checkpoint.rng_state(),
             "config": config_to_dict(self.cfg),
             "extra": extra if extra is not None else {},
-        }, path)
+        }
+
+    def save(self, path, extra=None):
+        """Write everything needed to continue (atomically); `extra`: the caller's own plain data."""
+        checkpoint.save_atomic(self.payload(extra), path)
 
     def load(self, path):
         """Continue from the checkpoint at `path`; returns its `extra`. Everything is checked before
         anything is changed: a checkpoint that does not fit raises CheckpointError, leaving this
         learner as it was."""
-        payload = checkpoint.read(path)
+        return self.load_payload(checkpoint.read(path), path)
+
+    def load_payload(self, payload, path="checkpoint"):
+        """`load` for a payload already read (by `checkpoint.read`); `path` names it in messages."""
         mine, theirs = self._meta(), payload["meta"] if isinstance(payload["meta"], dict) else {}
         for key, value in mine.items():
             if theirs.get(key) != value:

@@ -12,9 +12,11 @@ from configs import config_to_dict
 
 
 class TensorBoardLogger:
-    def __init__(self, logdir, cfg=None, metrics=("episode/return",)):
-        """`metrics`: scalar tags the hparams tab shows beside each run's hyperparameters."""
-        self.writer = SummaryWriter(log_dir=str(logdir))
+    def __init__(self, logdir, cfg=None, metrics=("episode/return",), purge_step=None):
+        """`metrics`: scalar tags the hparams tab shows beside each run's hyperparameters.
+        `purge_step`: on resume, the checkpoint's frames; TensorBoard hides events a crashed run
+        wrote beyond it, so the continued curves do not overlap."""
+        self.writer = SummaryWriter(log_dir=str(logdir), purge_step=purge_step)
         if cfg is not None:
             self.log_config(cfg, metrics)
 

@@ -42,9 +42,12 @@ class LearnerService:
         info = ray.get(self.workers[0].info.remote())
         self.num_envs = info["num_envs"]
         self.learner = Learner(cfg, info["observation_space"], info["num_actions"], info["frames_per_step"])
-        self.extra = {}
+        self.extra, self.error = {}, None
         if checkpoint_payload is not None:
-            self.extra = self.learner.load_payload(checkpoint_payload, source)
+            try:
+                self.extra = self.learner.load_payload(checkpoint_payload, source)
+            except checkpoint.CheckpointError as e:  # reported by state(), raised by the driver
+                self.error = str(e)
         self.weights = ray.put(self.learner.weights())
         self.in_flight = {}           # ObjectRef -> worker index
         self.pending = []             # rollouts not yet batched: [rollout, first unused sequence]
@@ -57,7 +60,8 @@ class LearnerService:
         self.in_flight[self.workers[i].rollout.remote(self.weights)] = i
 
     def state(self):
-        return {"frames": self.learner.frames, "version": self.learner.version, "extra": self.extra}
+        return {"frames": self.learner.frames, "version": self.learner.version, "extra": self.extra,
+                "error": self.error}
 
     def run(self, seconds):
         """Train for about `seconds` (or until run.total_frames); return what happened meanwhile."""
