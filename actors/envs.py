@@ -14,8 +14,9 @@ Step semantics (both kinds):
   one, reward[i] is the raw (unclipped) reward of the step that ended it and first[i] is True.
 - With Atari episodic life, a life loss also sets first[i] (the core resets) while the game goes on.
 - `episodes` lists every GAME that ended in the step as (env_index, return, length): the raw score
-  summed over all its lives and its length in agent steps. A game also ends (and sets first) when
-  it reaches `max_episode_frames` emulator frames.
+  summed over all its lives and its length in agent steps. An Atari game also ends (and sets first)
+  when it reaches `max_episode_frames` emulator frames (0: no cap); gymnasium envs keep their
+  registered time limit (CartPole-v1: 500 steps).
 
 Pipelined groups (`env_cfg.env_batches` = G groups of N/G envs, 1 = synchronous): group g holds the
 fixed env ids `env.groups[g]` = [g*N/G, (g+1)*N/G). `send(actions, env_ids)` starts one group's step
@@ -48,11 +49,11 @@ Facts about ale-py 0.12.1's AtariVectorEnv this module relies on (established by
   new game (after its no-ops and FIRE), reward/terminated/truncated to the step that ended it.
   "NextStep" would return the last frame and spend the next step on the reset.
 - `reward_clipping` defaults to True; we pass False (the learner clips, logs need raw scores).
-- info keys: env_id, lives, frame_number (frames since the ROM was loaded), episode_frame_number
+- info keys: env_id, lives, frame_number (frames since the ROM was (re)loaded), episode_frame_number
   (frames since the game's reset). `max_num_frames_per_episode` counts emulator frames (a cap of 400
   truncates at agent step 100 with frame skip 4). After a reset three of the four stacked frames are
-  zero. No-op starts draw 0..noop_max-1 no-ops. FIRE is pressed only at game start, not after a
-  life loss (the agent has FIRE in its action set).
+  zero. FIRE is pressed only at game start, not after a life loss (the agent has FIRE in its action
+  set).
 - A real game over is told apart from a life loss by frame_number - episode_frame_number (frames
   before the current game started): it changes exactly when the game was reset in this step (game
   over or frame cap), and it works for games without lives (Pong reports lives=0 throughout).
