@@ -1,0 +1,1 @@
+"""Actors: environment construction (envs.py) and the Ray rollout actor."""
