@@ -213,7 +213,7 @@ def train(cfg, resume=False, address=None, progress=True, on_report=None):
         bar.close()
         logger.close()
         episodes_csv.close()
-        return {"frames": frames, "stopped_by": signal.Signals(stop["signal"]).name if stop["signal"] else None,
+        return {"frames": frames, "start_frames": state["frames"], "stopped_by": signal.Signals(stop["signal"]).name if stop["signal"] else None,
                 "final_return": sum(recent) / len(recent) if recent else None,
                 "episodes": len(recent), "logdir": str(logdir),
                 "wall_time_s": wall + time.monotonic() - t0}

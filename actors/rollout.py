@@ -11,6 +11,8 @@ state that travels with rollout k is each env's state before it acted on step kT
 flight, envs drift a step or two apart; an env that finishes rollout k carries straight on into
 rollout k+1 (its rows are kept for the next call), so the envs never wait for each other.
 """
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -21,13 +23,16 @@ from .envs import make_env
 
 
 class RolloutWorker:
-    def __init__(self, cfg, worker_index=0, seed=0, torch_threads=1):
-        """cfg: a configs.Config or its dict form (what travels to a Ray actor)."""
+    def __init__(self, cfg, worker_index=0, seed=0, num_cpus=1):
+        """cfg: a configs.Config or its dict form (what travels to a Ray actor); num_cpus: the CPUs
+        Ray gave this actor, which size ALE's thread pool when env.num_threads is 0."""
         cfg = config_from_dict(cfg) if isinstance(cfg, dict) else cfg
-        torch.set_num_threads(torch_threads)
+        torch.set_num_threads(1)      # inference on a few envs: threads would only contend with ALE's
+        torch.manual_seed(seed)       # action sampling
         self.index = worker_index
         self.T = cfg.learner.unroll_length
-        self.env = make_env(cfg.env, cfg.env.num_envs, seed)
+        threads = cfg.env.num_threads or max(1, int(num_cpus))
+        self.env = make_env(dataclasses.replace(cfg.env, num_threads=threads), cfg.env.num_envs, seed)
         self.agent = Agent(self.env.observation_space, self.env.num_actions, cfg)
         self.agent.eval()
         self.version = -1
@@ -42,7 +47,7 @@ class RolloutWorker:
         obs = self.env.reset()
         zeros, ones = np.zeros(N, np.float32), np.ones(N, bool)
         with torch.inference_mode():
-            for ids in np.array_split(np.arange(N), self.env.env_batches):
+            for ids in self.env.groups:
                 self._record_act_send(ids, obs[ids], zeros[ids], ones[ids])
 
     def set_weights(self, weights):
@@ -71,10 +76,13 @@ class RolloutWorker:
             self._record_act_send(np.asarray(ids), obs, reward, first)
         self.next_k += 1
         out = self.rollouts.pop(k)
+        # Rows 1..T were acted on with this call's weights (row 0 in the previous call, which the
+        # behaviour logits record for V-trace).
+        out["version"] = self.version
         out["episodes"], self.episodes = self.episodes, []
         return out
 
-    def _buffer(self, k, ids):
+    def _buffer(self, k):
         if k not in self.rollouts:
             T, N, e = self.T, self.env.num_envs, self.env
             self.rollouts[k] = {
@@ -86,7 +94,6 @@ class RolloutWorker:
                 "action": np.zeros((T + 1, N), np.int64),
                 "logits": np.zeros((T + 1, N, e.num_actions), np.float32),
                 "core_state": tuple(torch.zeros_like(s) for s in self.core_state),
-                "version": self.version,
                 "worker": self.index,
             }
         return self.rollouts[k]
@@ -106,14 +113,14 @@ class RolloutWorker:
                 if b.any():
                     rows.append((kk - 1, np.full(b.sum(), self.T), b))
             for rk, rt, rm in rows:
-                buf = self._buffer(rk, ids)
+                buf = self._buffer(rk)
                 for name, value in fields.items():
                     buf[name][rt, ids[rm]] = value[rm]
         idx = torch.from_numpy(ids)
         state = tuple(x[idx] for x in self.core_state)
         for kk in np.unique(k[t == 0]):  # the state a rollout starts from: before its row 0
             m = (k == kk) & (t == 0)
-            buf = self._buffer(kk, ids)
+            buf = self._buffer(kk)
             for dst, src in zip(buf["core_state"], state):
                 dst[torch.from_numpy(ids[m])] = src[torch.from_numpy(m)]
         action, logits, state = self.agent.act(
@@ -124,7 +131,7 @@ class RolloutWorker:
         action = action.numpy()
         for kk in np.unique(k):
             m = k == kk
-            buf = self._buffer(kk, ids)
+            buf = self._buffer(kk)
             buf["action"][t[m], ids[m]] = action[m]
             buf["logits"][t[m], ids[m]] = logits.numpy()[m]
         self.last_action[ids] = action

@@ -187,8 +187,11 @@ def load_config(path=None, overrides=()):
     cfg = Config()
     if path is not None:
         path = Path(path)
-        if not path.is_file() and (PRESETS_DIR / path.name).is_file() and not path.parent.name:
-            path = PRESETS_DIR / path.name
+        if not path.is_file() and not path.parent.name:  # a bare preset name: atari_cpu(.yaml)
+            for preset in (PRESETS_DIR / path.name, PRESETS_DIR / f"{path.name}.yaml"):
+                if preset.is_file():
+                    path = preset
+                    break
         if not path.is_file():
             presets = ", ".join(sorted(p.name for p in PRESETS_DIR.glob("*.yaml")))
             raise ConfigError(f"config file {str(path)!r} not found; presets in {PRESETS_DIR}: {presets}")

@@ -1,0 +1,96 @@
+"""The rollout worker against independent references: the env replayed by hand with the recorded
+actions, and the agent's own unroll over each rollout from the state that travelled with it."""
+import dataclasses
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from actors.rollout import RolloutWorker
+from configs import load_config
+
+
+def _cfg(env_batches, core="rdn", use_last_action=True):
+    return load_config(overrides=[
+        "env.id=CartPole-v1", "env.num_envs=4", f"env.env_batches={env_batches}",
+        f"model.core={core}", f"model.use_last_action={use_last_action}", "model.hidden_size=16",
+        "core.d_model=16", "core.num_heads=2", "core.head_dim=4", "core.ff_dim=16", "core.hidden_size=16",
+        "learner.unroll_length=7"])
+
+
+@pytest.mark.parametrize("env_batches", [1, 2])
+def test_rollouts_replay_in_a_hand_stepped_env(env_batches):
+    cfg = _cfg(env_batches)
+    seed = 11
+    worker = RolloutWorker(cfg, seed=seed)
+    rollouts = [worker.rollout() for _ in range(6)]
+    T = cfg.learner.unroll_length
+    for a, b in zip(rollouts, rollouts[1:]):       # consecutive rollouts overlap by one observation
+        for key in ("obs", "reward", "first", "last_action"):
+            np.testing.assert_array_equal(a[key][T], b[key][0])
+    episodes_seen = [e for r in rollouts for e in r["episodes"]]
+    # Env j was seeded seed + j; replay its recorded actions in a plain gymnasium env.
+    games = []
+    for j in range(4):
+        env = gym.make("CartPole-v1")
+        obs, _ = env.reset(seed=seed + j)
+        ret, length, first, reward, last = 0.0, 0, True, 0.0, 0
+        for r in rollouts:
+            for t in range(T + (r is rollouts[-1])):
+                np.testing.assert_allclose(r["obs"][t, j], obs, rtol=1e-6)
+                assert r["first"][t, j] == first and r["reward"][t, j] == reward
+                assert r["last_action"][t, j] == (0 if first else last)
+                if t == T:
+                    break
+                last = int(r["action"][t, j])
+                obs, reward, term, trunc, _ = env.step(last)
+                ret, length = ret + reward, length + 1
+                first = term or trunc
+                if first:
+                    games.append((ret, length))
+                    ret, length = 0.0, 0
+                    obs, _ = env.reset()
+    assert sorted(games) == sorted(episodes_seen) and games
+
+
+@pytest.mark.parametrize("core", ["lstm", "rdn", "delta_lstm"])
+@pytest.mark.parametrize("env_batches", [1, 2])
+def test_unroll_from_the_travelling_state_reproduces_the_behaviour_logits(core, env_batches):
+    cfg = _cfg(env_batches, core)
+    worker = RolloutWorker(cfg, seed=3)
+    agent = worker.agent
+    for _ in range(5):
+        r = worker.rollout()
+        logits, _ = agent.unroll(torch.from_numpy(r["obs"]), torch.from_numpy(r["reward"]),
+                                 torch.from_numpy(r["first"]), r["core_state"],
+                                 torch.from_numpy(r["last_action"]))
+        # Row T is acted on in the next rollout: only rows 0..T-1 carry behaviour logits.
+        torch.testing.assert_close(logits[:-1], torch.from_numpy(r["logits"][:-1]), rtol=1e-5, atol=1e-5)
+
+
+def test_new_weights_are_used_from_the_next_rollout():
+    cfg = _cfg(1, "lstm")
+    worker = RolloutWorker(cfg, seed=0)
+    worker.rollout()
+    state = {k: v + 0.5 for k, v in worker.agent.state_dict().items()}
+    r = worker.rollout((7, state))
+    assert r["version"] == 7 and worker.version == 7
+    assert all(torch.equal(worker.agent.state_dict()[k], v) for k, v in state.items())
+
+
+def test_threads_follow_the_actor_cpus(monkeypatch):
+    seen = {}
+    import actors.rollout as rollout
+
+    real = rollout.make_env
+
+    def spy(env_cfg, num_envs, seed):
+        seen["threads"] = env_cfg.num_threads
+        return real(env_cfg, num_envs, seed)
+    monkeypatch.setattr(rollout, "make_env", spy)
+    cfg = _cfg(1)
+    RolloutWorker(cfg, num_cpus=3)
+    assert seen["threads"] == 3
+    RolloutWorker(dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, num_threads=2)), num_cpus=3)
+    assert seen["threads"] == 2

@@ -1,0 +1,182 @@
+"""End to end through Ray: launch.py train on Atari and CartPole, resume, a killed actor, a stop
+signal, learning, and the bad inputs that must stop before Ray starts."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import launch
+from configs import load_config
+from learner import Learner, checkpoint
+
+ROOT = Path(launch.__file__).resolve().parent
+DESIGN_TAGS = {"episode/return", "episode/length", "perf/env_frames_per_s", "loss/total", "loss/pg",
+               "loss/baseline", "loss/entropy", "learner/grad_norm", "learner/lr", "learner/policy_lag"}
+TINY_CORE = ["core.num_layers=1", "core.d_model=32", "core.num_heads=2", "core.head_dim=8",
+             "core.ff_dim=32", "core.hidden_size=32", "model.hidden_size=32"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():
+    launch.start_ray(load_config(overrides=["run.num_actors=3"]))
+    yield
+    ray.shutdown()
+
+
+def _scalars(logdir):
+    acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_atari_run_logs_every_tag_checkpoints_and_resumes(tmp_path):
+    logdir = tmp_path / "pong"
+    cfg = load_config(overrides=[
+        "env.id=ALE/Pong-v5", "env.num_envs=4", "env.env_batches=2", "env.max_episode_frames=1200",
+        "model.torso=nature", "model.core=rdn", *TINY_CORE, "learner.batch_size=4",
+        "learner.unroll_length=10", "run.num_actors=2", "run.total_frames=16000",
+        "run.log_interval_s=2", "run.checkpoint_interval_s=5", f"run.logdir={logdir}"])
+    summary = launch.train(cfg, progress=False)
+    assert summary["frames"] >= 16000 and summary["episodes"] > 0
+    tags = _scalars(logdir)
+    assert DESIGN_TAGS <= set(tags), f"missing: {DESIGN_TAGS - set(tags)}"
+    assert all(step <= summary["frames"] for step, _ in tags["loss/total"])
+    # Pong's raw score: points lost count -1 each; a capped 300-step game against the CPU is < 0.
+    assert all(-21 <= v <= 21 for _, v in tags["episode/return"])
+
+    payload = checkpoint.read(logdir / "checkpoint.pt")
+    assert payload["counters"]["frames"] == summary["frames"]
+    restored = Learner(cfg, _obs_space(cfg), 6, 4)
+    restored.load(logdir / "checkpoint.pt")
+    assert restored.frames == summary["frames"]
+
+    # --resume continues from the checkpoint's frame count, in the same run directory.
+    args = launch.build_parser().parse_args(
+        ["train", "--logdir", str(logdir), "--resume", "--total-frames", "24000", "--no-progress"])
+    cfg2 = launch.resolve_train_config(args)
+    assert cfg2.model.core == "rdn" and cfg2.run.total_frames == 24000
+    summary2 = launch.train(cfg2, resume=True, progress=False)
+    assert summary2["start_frames"] == summary["frames"]
+    assert summary2["frames"] >= 24000
+    steps = [s for s, _ in _scalars(logdir)["loss/total"]]
+    assert max(steps) >= 24000 and len([s for s in steps if s > summary["frames"]]) > 0
+
+
+def _obs_space(cfg):
+    from actors.envs import make_env
+    env = make_env(cfg.env, cfg.env.env_batches, 0)
+    space = env.observation_space
+    env.close()
+    return space
+
+
+CARTPOLE = ["model.hidden_size=64", "core.d_model=64", "core.head_dim=16", "core.ff_dim=128",
+            "core.hidden_size=64"]
+
+
+def test_a_killed_actor_is_restarted_and_the_run_finishes(tmp_path):
+    logdir = tmp_path / "kill"
+    cfg = load_config("cartpole", [*CARTPOLE, "run.total_frames=60000", "run.log_interval_s=1",
+                                   f"run.logdir={logdir}"])
+    killed = []
+
+    def kill_once(report, service):
+        if not killed:
+            ray.get(service.kill_worker.remote(0))
+            killed.append(report["frames"])
+    summary = launch.train(cfg, progress=False, on_report=kill_once)
+    assert killed and summary["frames"] >= 60000
+    restarts = _scalars(logdir)["actors/restarts"]
+    assert max(v for _, v in restarts) >= 1
+    # Frames kept coming after the kill.
+    assert max(s for s, _ in restarts) > killed[0]
+
+
+@pytest.mark.parametrize("core", ["lstm", "rdn"])
+def test_cartpole_is_learned(tmp_path, core):
+    """Random play scores ~22; a broken V-trace, loss sign or core stays far below 150."""
+    cfg = load_config("cartpole", [*CARTPOLE, f"model.core={core}", "run.total_frames=250000",
+                                   f"run.logdir={tmp_path / core}", "run.seed=1"])
+    summary = launch.train(cfg, progress=False)
+    assert summary["final_return"] is not None and summary["final_return"] > 150, summary
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    logdir = tmp_path / "term"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "launch.py"), "train", "--config", "cartpole", "--logdir", str(logdir),
+         "--total-frames", "10000000", "--no-progress", "--set", "run.log_interval_s=1"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines = []
+    for line in proc.stdout:                       # wait until it is training
+        lines.append(line)
+        if line.startswith("frames "):
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, "".join(lines) + out
+    assert "SIGTERM: saving a checkpoint" in out and "stopped at" in out
+    payload = checkpoint.read(logdir / "checkpoint.pt")
+    assert 0 < payload["counters"]["frames"] < 10_000_000
+
+
+# -- bad input stops before Ray starts ----------------------------------------------------------
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray must not start on bad input")
+    monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--env", "ALE/Pongg-v5"], "unknown env id 'ALE/Pongg-v5'. Valid ids: ALE/<Game>-v5"),
+    (["--env", "NoSuchEnv-v0"], "unknown env id 'NoSuchEnv-v0'"),
+    (["--core", "transformer"], "model.core='transformer' is not a valid choice; choose one of lstm, "
+                                "linear_transformer, delta_net, delta_rnn, rdn, delta_lstm"),
+    (["--set", "learner.lrate=1"], "unknown config key 'learner.lrate'; valid keys in learner: batch_size"),
+    (["--set", "optim.lr=1"], "unknown config key 'optim.lr': keys are <section>.<field> with section one of"),
+    (["--set", "learner.lr=fast"], "learner.lr must be a number, got 'fast'"),
+    (["--set", "env.num_envs=2.5"], "env.num_envs must be an integer, got 2.5"),
+    (["--set", "learner.bf16=maybe"], "learner.bf16 must be true or false"),
+    (["--config", "nope.yaml"], "config file 'nope.yaml' not found; presets in"),
+    (["--resume"], "--resume needs --logdir"),
+])
+def test_bad_input_is_refused_before_ray(no_ray, capsys, argv, message, tmp_path):
+    assert launch.main(["train", "--logdir", str(tmp_path / "x"), *argv]
+                       if "--resume" not in argv else ["train", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+
+
+def test_a_logdir_holding_another_run_needs_resume(no_ray, capsys, tmp_path):
+    (tmp_path / "config.yaml").write_text("run: {seed: 3}\n")
+    assert launch.main(["train", "--logdir", str(tmp_path)]) == 2
+    assert "already holds a run (config.yaml); pass --resume" in capsys.readouterr().err
+
+
+def test_wrong_type_for_a_flag(no_ray, capsys):
+    with pytest.raises(SystemExit) as e:
+        launch.main(["train", "--total-frames", "lots"])
+    assert e.value.code == 2
+    assert "--total-frames: expected a whole number, got 'lots'" in capsys.readouterr().err
+
+
+def test_resuming_with_another_core_is_refused(tmp_path):
+    """The checkpoint of an rdn run does not load into an lstm learner (a clear CheckpointError)."""
+    cfg = load_config("cartpole", [*CARTPOLE, "model.core=rdn"])
+    learner = Learner(cfg, _obs_space(cfg), 2)
+    learner.save(tmp_path / "checkpoint.pt")
+    other = Learner(load_config("cartpole", [*CARTPOLE, "model.core=lstm"]), _obs_space(cfg), 2)
+    with pytest.raises(checkpoint.CheckpointError, match="core is 'rdn' in the checkpoint, 'lstm' here"):
+        other.load(tmp_path / "checkpoint.pt")
+    assert torch.is_tensor(next(other.agent.parameters()))
