@@ -61,6 +61,8 @@ def needs_grad(*tensors):
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def warps(tile):
-    """Warps for a program holding [*, *] tiles of `tile` elements: ~16 fp32 registers per tile."""
-    return max(1, min(8, tile // 512))
+def warps(tile, tiles_held=2):
+    """Warps for a program holding `tiles_held` live [*, *] tiles of `tile` elements each: about
+    16 fp32 registers per tile per thread for the column-split rules (W and its gradient), 8 for
+    the recurrent ones (W, G and three R's at once) so they stay clear of 255 registers."""
+    return max(1, min(8, tile * tiles_held // 1024))

@@ -185,7 +185,7 @@ def _forward(qx, kx, vx, bx, Rq, Rk, Rv, rb, W0, y0, reset, save):
                        Rk.contiguous(), Rv.contiguous(), rb.contiguous(), W0.contiguous(),
                        y0.contiguous(), reset_bytes, y, WT, yT, *saved, T, B, H, D, BD=BD,
                        CK=tu.CHECKPOINT_EVERY, HAS_RESET=has_reset, SAVE=save,
-                       ACC=tu.acc_type(W0), num_warps=tu.warps(BD * BD))
+                       ACC=tu.acc_type(W0), num_warps=tu.warps(BD * BD, tiles_held=4))
     return y, WT, yT, (saved if save else None)
 
 
@@ -210,7 +210,7 @@ class _RDN(torch.autograd.Function):
                            reset_bytes, s, q, k, d, beta, ckpt, dy.contiguous(), dWT.contiguous(),
                            dyT.contiguous(), dqx, dkx, dvx, dbx, dW0, dy0, T, B, H, D, BD=BD,
                            CK=tu.CHECKPOINT_EVERY, HAS_RESET=has_reset, ACC=tu.acc_type(WT),
-                           num_warps=tu.warps(BD * BD))
+                           num_warps=tu.warps(BD * BD, tiles_held=4))
         # (R s)_i = Σ_j R[i, j] s_j, so dR[h, i, j] = Σ_{t,b} da[t, b, h, i] s[t, b, h, j].
         outer = lambda da: torch.einsum("tbhi,tbhj->hij", da, s)  # noqa: E731
         drb = torch.einsum("tbh,tbhj->hj", dbx, s)
