@@ -12,6 +12,13 @@ MAX_HEAD_DIM = 64      # the register tiles hold [D, D] blocks; larger heads: ba
 CHECKPOINT_EVERY = 16  # rdn / delta_rnn: the recurrent state is stored every this many steps
 
 
+@triton.jit
+def lanes(offsets, n, live):
+    """The mask of the first n lanes, or of none unless `live` (a scalar): the form of a scalar
+    condition on a vector mask that the interpreter handles (it mistypes `mask & scalar`)."""
+    return offsets < tl.where(live, n, 0)
+
+
 def check_inputs(op, kernel, tensors, head_dims):
     """Raise a clear error for a device the kernel cannot run on or a head dim it does not hold."""
     compiled = isinstance(kernel, triton.runtime.JITFunction)  # not Triton's interpreter

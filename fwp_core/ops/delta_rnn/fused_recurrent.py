@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from .. import _triton_utils as tu
+from .._triton_utils import lanes
 from ..delta_rule.fused_recurrent import DeltaRule
 from ..delta_rule.fused_recurrent import _forward as _delta_rule_forward
 
@@ -26,6 +27,35 @@ def _softmax(a, mask):
     a = tl.where(mask, a, float("-inf"))
     e = tl.exp(a - tl.max(a, 0))
     return e / tl.sum(e, 0)
+
+
+@triton.jit
+def _inputs(z, kr, sk_t, vr, sv_t, br, sb_t, reset, B, H, D, b, t, live, vec, o,
+            HAS_RESET: tl.constexpr, ACC: tl.constexpr):
+    """Step t's inputs and reset flag (zeros unless live), loaded a step ahead of their use so the
+    load latency overlaps the previous step's arithmetic."""
+    m = lanes(o, D, live)
+    z_t = tl.load(z + t * B * H * D + vec, mask=m, other=0)
+    k = tl.load(kr + t * sk_t + o, mask=m, other=0).to(ACC)
+    v = tl.load(vr + t * sv_t + o, mask=m, other=0).to(ACC)
+    beta = tl.load(br + t * sb_t, mask=live, other=0).to(ACC)
+    r_t = tl.load(reset + t * B + b, mask=live & HAS_RESET, other=0) != 0
+    return z_t, k, v, beta, r_t
+
+
+@triton.jit
+def _saved(p_buf, d_buf, kr, sk_t, br, sb_t, dy, reset, B, H, D, b, t, live, vec, o,
+           HAS_RESET: tl.constexpr, ACC: tl.constexpr):
+    """What the backward reads of step t (zeros unless live), loaded a step ahead of its use."""
+    m = lanes(o, D, live)
+    off = t * B * H * D + vec
+    p = tl.load(p_buf + off, mask=m, other=0)
+    d = tl.load(d_buf + off, mask=m, other=0)
+    k = tl.load(kr + t * sk_t + o, mask=m, other=0).to(ACC)
+    beta = tl.load(br + t * sb_t, mask=live, other=0).to(ACC)
+    dy_t = tl.load(dy + off, mask=m, other=0).to(ACC)
+    r_t = tl.load(reset + t * B + b, mask=live & HAS_RESET, other=0) != 0
+    return p, d, k, beta, dy_t, r_t
 
 
 @triton.jit(do_not_specialize=["T", "B", "H"])
@@ -44,23 +74,24 @@ def _delta_rnn_fwd(z, kr, sk_t, sk_b, sk_h, vr, sv_t, sv_b, sv_h, br, sb_t, sb_b
     kr, vr = kr + b * sk_b + h * sk_h, vr + b * sv_b + h * sv_h
     br = br + b * sb_b + h * sb_h
     vec = bh * D + o
+    nz, nk, nv, nb, nr = _inputs(z, kr, sk_t, vr, sv_t, br, sb_t, reset, B, H, D, b, bh * 0, T > 0, vec, o,
+                                 HAS_RESET, ACC)
     for t in range(T):
         t64 = tl.cast(t, tl.int64)
+        z_t, k, v, beta, r_t = nz, nk, nv, nb, nr
+        nz, nk, nv, nb, nr = _inputs(z, kr, sk_t, vr, sv_t, br, sb_t, reset, B, H, D, b, t64 + 1,
+                                     t64 + 1 < T, vec, o, HAS_RESET, ACC)
         if SAVE:
             if t64 % CK == 0:
                 tl.store(ckpt + (t64 // CK) * B * H * D * D + w_off, R, mask=m2)
         if HAS_RESET:
-            r_t = tl.load(reset + t64 * B + b) != 0
             R = tl.where(r_t, 0.0, R)
             y_prev = tl.where(r_t, 0.0, y_prev)
         p = _softmax(y_prev, m)
-        k = tl.load(kr + t64 * sk_t + o, mask=m, other=0).to(ACC)
-        v = tl.load(vr + t64 * sv_t + o, mask=m, other=0).to(ACC)
-        beta = tl.load(br + t64 * sb_t).to(ACC)
         d = v - tl.sum(R * k[:, None], 0)
         R += (beta * k)[:, None] * d[None, :]
         off = t64 * B * H * D + vec
-        y_prev = tl.load(z + off, mask=m, other=0) + tl.sum(R * p[:, None], 0)
+        y_prev = z_t + tl.sum(R * p[:, None], 0)
         tl.store(y + off, y_prev.to(y.dtype.element_ty), mask=m)
         if SAVE:
             tl.store(p_buf + off, p, mask=m)
@@ -85,14 +116,16 @@ def _delta_rnn_bwd(kr, sk_t, sk_b, sk_h, br, sb_t, sb_b, sb_h, RT, reset, p_buf,
     g_next = tl.load(dyT + bh * D + o, mask=m, other=0).to(ACC)  # dL/dy_t from step t+1
     kr, br = kr + b * sk_b + h * sk_h, br + b * sb_b + h * sb_h
     vec = bh * D + o
+    tT = bh * 0 + T - 1
+    np_, nd, nk, nb, ndy, nr = _saved(p_buf, d_buf, kr, sk_t, br, sb_t, dy, reset, B, H, D, b, tT, T > 0,
+                                      vec, o, HAS_RESET, ACC)
     for i in range(T):
         t64 = tl.cast(T - 1 - i, tl.int64)
         off = t64 * B * H * D + vec
-        p = tl.load(p_buf + off, mask=m, other=0)
-        d = tl.load(d_buf + off, mask=m, other=0)
-        k = tl.load(kr + t64 * sk_t + o, mask=m, other=0).to(ACC)
-        beta = tl.load(br + t64 * sb_t).to(ACC)
-        gy = g_next + tl.load(dy + off, mask=m, other=0).to(ACC)
+        p, d, k, beta, dy_t, r_t = np_, nd, nk, nb, ndy, nr
+        np_, nd, nk, nb, ndy, nr = _saved(p_buf, d_buf, kr, sk_t, br, sb_t, dy, reset, B, H, D, b,
+                                          t64 - 1, t64 > 0, vec, o, HAS_RESET, ACC)
+        gy = g_next + dy_t
         tl.store(dz + off, gy, mask=m)
         # y = z + Rᵀp
         dp = tl.sum(R * gy[None, :], 1)
@@ -102,7 +135,6 @@ def _delta_rnn_bwd(kr, sk_t, sk_b, sk_h, br, sb_t, sb_b, sb_h, RT, reset, p_buf,
         dd = beta * kG
         Rp = R - (beta * k)[:, None] * d[None, :]
         if HAS_RESET:
-            r_t = tl.load(reset + t64 * B + b) != 0
             Rp = tl.where(r_t, 0.0, Rp)
         tl.store(dvr + off, dd, mask=m)
         tl.store(dbr + t64 * B * H + bh, tl.sum(kG * d, 0))

@@ -17,6 +17,20 @@ import triton
 import triton.language as tl
 
 from .. import _triton_utils as tu
+from .._triton_utils import lanes
+
+
+@triton.jit
+def _step(q, sq_t, k, sk_t, beta, sb_t, reset, B, b, t, live, ok, DK, HAS_RESET: tl.constexpr,
+          ACC: tl.constexpr):
+    """Step t's q, k, β and reset flag (zeros unless live): loaded a step ahead of their use, so
+    the load latency overlaps the previous step's arithmetic instead of stalling every step."""
+    mk = lanes(ok, DK, live)
+    q_t = tl.load(q + t * sq_t + ok, mask=mk, other=0).to(ACC)
+    k_t = tl.load(k + t * sk_t + ok, mask=mk, other=0).to(ACC)
+    b_t = tl.load(beta + t * sb_t, mask=live, other=0).to(ACC)
+    r_t = tl.load(reset + t * B + b, mask=live & HAS_RESET, other=0) != 0
+    return q_t, k_t, b_t, r_t
 
 
 @triton.jit(do_not_specialize=["T", "B", "H"])
@@ -35,14 +49,18 @@ def _delta_rule_fwd(q, sq_t, sq_b, sq_h, k, sk_t, sk_b, sk_h, v, sv_t, sv_b, sv_
     q, k, v = q + b * sq_b + h * sq_h, k + b * sk_b + h * sk_h, v + b * sv_b + h * sv_h
     beta = beta + b * sb_b + h * sb_h
     y, delta = y + bh * DV + ov, delta + bh * DV + ov
+    t0 = bh * 0
+    nq, nk, nb, nr = _step(q, sq_t, k, sk_t, beta, sb_t, reset, B, b, t0, T > 0, ok, DK, HAS_RESET, ACC)
+    nv = tl.load(v + ov, mask=mv, other=0).to(ACC)
     for t in range(T):
         t64 = tl.cast(t, tl.int64)
+        q_t, k_t, b_t, r_t, v_t = nq, nk, nb, nr, nv
+        live = t64 + 1 < T
+        nq, nk, nb, nr = _step(q, sq_t, k, sk_t, beta, sb_t, reset, B, b, t64 + 1, live, ok, DK,
+                               HAS_RESET, ACC)
+        nv = tl.load(v + (t64 + 1) * sv_t + ov, mask=lanes(ov, DV, live), other=0).to(ACC)
         if HAS_RESET:
-            W = tl.where(tl.load(reset + t64 * B + b) != 0, 0.0, W)
-        k_t = tl.load(k + t64 * sk_t + ok, mask=mk, other=0).to(ACC)
-        v_t = tl.load(v + t64 * sv_t + ov, mask=mv, other=0).to(ACC)
-        q_t = tl.load(q + t64 * sq_t + ok, mask=mk, other=0).to(ACC)
-        b_t = tl.load(beta + t64 * sb_t).to(ACC)
+            W = tl.where(r_t, 0.0, W)
         d_t = v_t - tl.sum(W * k_t[:, None], 0)
         W += (b_t * k_t)[:, None] * d_t[None, :]
         y_t = tl.sum(W * q_t[:, None], 0)
@@ -71,42 +89,59 @@ def _delta_rule_bwd(q, sq_t, sq_b, sq_h, k, sk_t, sk_b, sk_h, beta, sb_t, sb_b, 
     dq_part = dq_part + (iv * T * B * H + bh) * DK + ok
     dk_part = dk_part + (iv * T * B * H + bh) * DK + ok
     db_part = db_part + iv * T * B * H + bh
+    step_v, step_k = B * H * DV, B * H * DK
 
+    # Reverse sweep: G = dL/dW_t, and every term that needs no W.
     G = tl.load(dWT + w_off, mask=m2, other=0).to(ACC)
+    tT = bh * 0 + T - 1
+    nq, nk, nb, nr = _step(q, sq_t, k, sk_t, beta, sb_t, reset, B, b, tT, T > 0, ok, DK, HAS_RESET, ACC)
+    nd = tl.load(delta + tT * step_v, mask=mv, other=0)
+    ndy = tl.load(dy + tT * step_v, mask=mv, other=0).to(ACC)
     for i in range(T):
         t64 = tl.cast(T - 1 - i, tl.int64)
-        q_t = tl.load(q + t64 * sq_t + ok, mask=mk, other=0).to(ACC)
-        k_t = tl.load(k + t64 * sk_t + ok, mask=mk, other=0).to(ACC)
-        b_t = tl.load(beta + t64 * sb_t).to(ACC)
-        d_t = tl.load(delta + t64 * B * H * DV, mask=mv, other=0)
-        dy_t = tl.load(dy + t64 * B * H * DV, mask=mv, other=0).to(ACC)
+        q_t, k_t, b_t, r_t, d_t, dy_t = nq, nk, nb, nr, nd, ndy
+        live = t64 > 0
+        nq, nk, nb, nr = _step(q, sq_t, k, sk_t, beta, sb_t, reset, B, b, t64 - 1, live, ok, DK,
+                               HAS_RESET, ACC)
+        nd = tl.load(delta + (t64 - 1) * step_v, mask=lanes(ov, DV, live), other=0)
+        ndy = tl.load(dy + (t64 - 1) * step_v, mask=lanes(ov, DV, live), other=0).to(ACC)
         G += q_t[:, None] * dy_t[None, :]
         kG = tl.sum(G * k_t[:, None], 0)
         dd_t = b_t * kG
-        tl.store(dv + t64 * B * H * DV, dd_t, mask=mv)
+        tl.store(dv + t64 * step_v, dd_t, mask=mv)
         tl.store(db_part + t64 * B * H, tl.sum(kG * d_t))
-        tl.store(dk_part + t64 * B * H * DK, b_t * tl.sum(G * d_t[None, :], 1), mask=mk)
+        tl.store(dk_part + t64 * step_k, b_t * tl.sum(G * d_t[None, :], 1), mask=mk)
         G -= k_t[:, None] * dd_t[None, :]
         if HAS_RESET:
-            G = tl.where(tl.load(reset + t64 * B + b) != 0, 0.0, G)
+            G = tl.where(r_t, 0.0, G)
     tl.store(dW0 + w_off, G, mask=m2)
 
-    # The forward replay reads back dv and dk_part written above by other threads of this program.
+    # Forward replay: the terms that need W. It reads back dv and dk_part, written above by other
+    # threads of this program: the barrier makes those writes visible.
     tl.debug_barrier()
     W = tl.load(W0 + w_off, mask=m2, other=0).to(ACC)
+    t0 = bh * 0
+    _, nk, nb, nr = _step(q, sq_t, k, sk_t, beta, sb_t, reset, B, b, t0, T > 0, ok, DK, HAS_RESET, ACC)
+    nd = tl.load(delta, mask=mv, other=0)
+    ndd = tl.load(dv, mask=mv, other=0)
+    ndk = tl.load(dk_part, mask=mk, other=0)
+    ndy = tl.load(dy, mask=mv, other=0).to(ACC)
     for t in range(T):
         t64 = tl.cast(t, tl.int64)
+        k_t, b_t, r_t, d_t, dd_t, dk_t, dy_t = nk, nb, nr, nd, ndd, ndk, ndy
+        live = t64 + 1 < T
+        _, nk, nb, nr = _step(q, sq_t, k, sk_t, beta, sb_t, reset, B, b, t64 + 1, live, ok, DK,
+                              HAS_RESET, ACC)
+        nxt_v, nxt_k = (t64 + 1) * step_v, (t64 + 1) * step_k
+        nd = tl.load(delta + nxt_v, mask=lanes(ov, DV, live), other=0)
+        ndd = tl.load(dv + nxt_v, mask=lanes(ov, DV, live), other=0)
+        ndk = tl.load(dk_part + nxt_k, mask=lanes(ok, DK, live), other=0)
+        ndy = tl.load(dy + nxt_v, mask=lanes(ov, DV, live), other=0).to(ACC)
         if HAS_RESET:
-            W = tl.where(tl.load(reset + t64 * B + b) != 0, 0.0, W)
-        k_t = tl.load(k + t64 * sk_t + ok, mask=mk, other=0).to(ACC)
-        b_t = tl.load(beta + t64 * sb_t).to(ACC)
-        d_t = tl.load(delta + t64 * B * H * DV, mask=mv, other=0)
-        dd_t = tl.load(dv + t64 * B * H * DV, mask=mv, other=0)
-        dk_t = tl.load(dk_part + t64 * B * H * DK, mask=mk, other=0)
-        tl.store(dk_part + t64 * B * H * DK, dk_t - tl.sum(W * dd_t[None, :], 1), mask=mk)
+            W = tl.where(r_t, 0.0, W)
+        tl.store(dk_part + t64 * step_k, dk_t - tl.sum(W * dd_t[None, :], 1), mask=mk)
         W += (b_t * k_t)[:, None] * d_t[None, :]
-        dy_t = tl.load(dy + t64 * B * H * DV, mask=mv, other=0).to(ACC)
-        tl.store(dq_part + t64 * B * H * DK, tl.sum(W * dy_t[None, :], 1), mask=mk)
+        tl.store(dq_part + t64 * step_k, tl.sum(W * dy_t[None, :], 1), mask=mk)
 
 
 def _launch_shape(B, H, DK, DV, device):

@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from .. import _triton_utils as tu
+from .._triton_utils import lanes
 
 
 @triton.jit
@@ -39,6 +40,36 @@ def _softmax(a, mask):
     a = tl.where(mask, a, float("-inf"))
     e = tl.exp(a - tl.max(a, 0))
     return e / tl.sum(e, 0)
+
+
+@triton.jit
+def _inputs(qx, sq_t, kx, sk_t, vx, sv_t, bx, sb_t, reset, B, b, t, live, o, D,
+            HAS_RESET: tl.constexpr, ACC: tl.constexpr):
+    """Step t's slow-net inputs and reset flag (zeros unless live), loaded a step ahead of their
+    use so the load latency overlaps the previous step's arithmetic."""
+    m = lanes(o, D, live)
+    qx_t = tl.load(qx + t * sq_t + o, mask=m, other=0).to(ACC)
+    kx_t = tl.load(kx + t * sk_t + o, mask=m, other=0).to(ACC)
+    vx_t = tl.load(vx + t * sv_t + o, mask=m, other=0).to(ACC)
+    bx_t = tl.load(bx + t * sb_t, mask=live, other=0).to(ACC)
+    r_t = tl.load(reset + t * B + b, mask=live & HAS_RESET, other=0) != 0
+    return qx_t, kx_t, vx_t, bx_t, r_t
+
+
+@triton.jit
+def _saved(s_buf, q_buf, k_buf, d_buf, b_buf, dy, reset, B, H, D, b, bh, t, live, vec, o,
+           HAS_RESET: tl.constexpr, ACC: tl.constexpr):
+    """What the backward reads of step t (zeros unless live), loaded a step ahead of its use."""
+    m = lanes(o, D, live)
+    off = t * B * H * D + vec
+    s = tl.load(s_buf + off, mask=m, other=0)
+    q = tl.load(q_buf + off, mask=m, other=0)
+    k = tl.load(k_buf + off, mask=m, other=0)
+    d = tl.load(d_buf + off, mask=m, other=0)
+    beta = tl.load(b_buf + t * B * H + bh, mask=live, other=0)
+    dy_t = tl.load(dy + off, mask=m, other=0).to(ACC)
+    r_t = tl.load(reset + t * B + b, mask=live & HAS_RESET, other=0) != 0
+    return s, q, k, d, beta, dy_t, r_t
 
 
 @triton.jit(do_not_specialize=["T", "B", "H"])
@@ -63,22 +94,25 @@ def _rdn_fwd(qx, sq_t, sq_b, sq_h, kx, sk_t, sk_b, sk_h, vx, sv_t, sv_b, sv_h, b
     qx, kx, vx = qx + b * sq_b + h * sq_h, kx + b * sk_b + h * sk_h, vx + b * sv_b + h * sv_h
     bx = bx + b * sb_b + h * sb_h
     vec = bh * D + o                                        # this head's lanes in [T, B, H, D]
+    t0 = bh * 0
+    nq, nk, nv, nb, nr = _inputs(qx, sq_t, kx, sk_t, vx, sv_t, bx, sb_t, reset, B, b, t0, T > 0, o, D,
+                                 HAS_RESET, ACC)
     for t in range(T):
         t64 = tl.cast(t, tl.int64)
+        qx_t, kx_t, vx_t, bx_t, r_t = nq, nk, nv, nb, nr
+        nq, nk, nv, nb, nr = _inputs(qx, sq_t, kx, sk_t, vx, sv_t, bx, sb_t, reset, B, b, t64 + 1,
+                                     t64 + 1 < T, o, D, HAS_RESET, ACC)
         if SAVE:
             if t64 % CK == 0:
                 tl.store(ckpt + (t64 // CK) * B * H * D * D + w_off, W, mask=m2)
         if HAS_RESET:
-            r_t = tl.load(reset + t64 * B + b) != 0
             W = tl.where(r_t, 0.0, W)
             y_prev = tl.where(r_t, 0.0, y_prev)
         s = _tanh(y_prev)
-        q = _softmax(tl.load(qx + t64 * sq_t + o, mask=m, other=0).to(ACC)
-                     + tl.sum(Rq * s[None, :], 1), m)
-        k = _softmax(tl.load(kx + t64 * sk_t + o, mask=m, other=0).to(ACC)
-                     + tl.sum(Rk * s[None, :], 1), m)
-        v = tl.load(vx + t64 * sv_t + o, mask=m, other=0).to(ACC) + tl.sum(Rv * s[None, :], 1)
-        beta = tl.sigmoid(tl.load(bx + t64 * sb_t).to(ACC) + tl.sum(rb * s, 0))
+        q = _softmax(qx_t + tl.sum(Rq * s[None, :], 1), m)
+        k = _softmax(kx_t + tl.sum(Rk * s[None, :], 1), m)
+        v = vx_t + tl.sum(Rv * s[None, :], 1)
+        beta = tl.sigmoid(bx_t + tl.sum(rb * s, 0))
         d = v - tl.sum(W * k[:, None], 0)
         W += (beta * k)[:, None] * d[None, :]
         y_prev = tl.sum(W * q[:, None], 0)
@@ -114,15 +148,16 @@ def _rdn_bwd(Rq, Rk, Rv, rb, WT, reset, s_buf, q_buf, k_buf, d_buf, b_buf, ckpt,
     G = tl.load(dWT + w_off, mask=m2, other=0).to(ACC)      # dL/dW_t
     g_next = tl.load(dyT + bh * D + o, mask=m, other=0).to(ACC)  # dL/dy_t from step t+1
     vec = bh * D + o
+    tT = bh * 0 + T - 1
+    ns, nq, nk, nd, nb, ndy, nr = _saved(s_buf, q_buf, k_buf, d_buf, b_buf, dy, reset, B, H, D, b, bh,
+                                         tT, T > 0, vec, o, HAS_RESET, ACC)
     for i in range(T):
         t64 = tl.cast(T - 1 - i, tl.int64)
         off = t64 * B * H * D + vec
-        s = tl.load(s_buf + off, mask=m, other=0)
-        q = tl.load(q_buf + off, mask=m, other=0)
-        k = tl.load(k_buf + off, mask=m, other=0)
-        d = tl.load(d_buf + off, mask=m, other=0)
-        beta = tl.load(b_buf + t64 * B * H + bh)
-        gy = g_next + tl.load(dy + off, mask=m, other=0).to(ACC)
+        s, q, k, d, beta, dy_t, r_t = ns, nq, nk, nd, nb, ndy, nr
+        ns, nq, nk, nd, nb, ndy, nr = _saved(s_buf, q_buf, k_buf, d_buf, b_buf, dy, reset, B, H, D, b,
+                                             bh, t64 - 1, t64 > 0, vec, o, HAS_RESET, ACC)
+        gy = g_next + dy_t
         # y = Wᵀq
         dq = tl.sum(W * gy[None, :], 1)
         G += q[:, None] * gy[None, :]
@@ -132,7 +167,6 @@ def _rdn_bwd(Rq, Rk, Rv, rb, WT, reset, s_buf, q_buf, k_buf, d_buf, b_buf, ckpt,
         db = tl.sum(kG * d, 0)
         Wp = W - (beta * k)[:, None] * d[None, :]
         if HAS_RESET:
-            r_t = tl.load(reset + t64 * B + b) != 0
             Wp = tl.where(r_t, 0.0, Wp)
         dk = beta * tl.sum(G * d[None, :], 1) - tl.sum(Wp * dd[None, :], 1)
         G -= k[:, None] * dd[None, :]

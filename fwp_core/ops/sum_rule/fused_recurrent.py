@@ -16,6 +16,20 @@ import triton
 import triton.language as tl
 
 from .. import _triton_utils as tu
+from .._triton_utils import lanes
+
+
+@triton.jit
+def _step(q, sq_t, k, sk_t, v, sv_t, reset, B, b, t, live, ok, ov, DK, DV,
+          HAS_RESET: tl.constexpr, ACC: tl.constexpr):
+    """Step t's inputs (zeros unless live): loaded a step ahead of their use, so the load latency
+    overlaps the previous step's arithmetic instead of stalling every step."""
+    mk, mv = lanes(ok, DK, live), lanes(ov, DV, live)
+    q_t = tl.load(q + t * sq_t + ok, mask=mk, other=0).to(ACC)
+    k_t = tl.load(k + t * sk_t + ok, mask=mk, other=0).to(ACC)
+    v_t = tl.load(v + t * sv_t + ov, mask=mv, other=0).to(ACC)
+    r_t = tl.load(reset + t * B + b, mask=live & HAS_RESET, other=0) != 0
+    return q_t, k_t, v_t, r_t
 
 
 @triton.jit(do_not_specialize=["T", "B", "H"])
@@ -30,14 +44,16 @@ def _sum_rule_fwd(q, sq_t, sq_b, sq_h, k, sk_t, sk_b, sk_h, v, sv_t, sv_b, sv_h,
     w_off = bh * DK * DV + ok[:, None] * DV + ov[None, :]
     W = tl.load(W0 + w_off, mask=mk[:, None] & mv[None, :], other=0).to(ACC)
     q, k, v = q + b * sq_b + h * sq_h, k + b * sk_b + h * sk_h, v + b * sv_b + h * sv_h
-    y = y + (b * H + h) * DV + ov
+    y = y + bh * DV + ov
+    nq, nk, nv, nr = _step(q, sq_t, k, sk_t, v, sv_t, reset, B, b, bh * 0, T > 0, ok, ov, DK, DV,
+                           HAS_RESET, ACC)
     for t in range(T):
         t64 = tl.cast(t, tl.int64)
+        q_t, k_t, v_t, r_t = nq, nk, nv, nr
+        nq, nk, nv, nr = _step(q, sq_t, k, sk_t, v, sv_t, reset, B, b, t64 + 1, t64 + 1 < T,
+                               ok, ov, DK, DV, HAS_RESET, ACC)
         if HAS_RESET:
-            W = tl.where(tl.load(reset + t64 * B + b) != 0, 0.0, W)
-        k_t = tl.load(k + t64 * sk_t + ok, mask=mk, other=0).to(ACC)
-        v_t = tl.load(v + t64 * sv_t + ov, mask=mv, other=0).to(ACC)
-        q_t = tl.load(q + t64 * sq_t + ok, mask=mk, other=0).to(ACC)
+            W = tl.where(r_t, 0.0, W)
         W += k_t[:, None] * v_t[None, :]
         y_t = tl.sum(W * q_t[:, None], 0)
         tl.store(y + t64 * B * H * DV, y_t.to(y.dtype.element_ty), mask=mv)
@@ -61,32 +77,44 @@ def _sum_rule_bwd(q, sq_t, sq_b, sq_h, k, sk_t, sk_b, sk_h, v, sv_t, sv_b, sv_h,
     dy, dv = dy + bh * DV + ov, dv + bh * DV + ov
     dq_part = dq_part + (iv * T * B * H + bh) * DK + ok
     dk_part = dk_part + (iv * T * B * H + bh) * DK + ok
+    step = B * H * DV
 
     # Forward replay: dq_t = W_t dy_t (this block's columns).
     W = tl.load(W0 + w_off, mask=m2, other=0).to(ACC)
+    t0 = bh * 0
+    _, nk, nv, nr = _step(q, sq_t, k, sk_t, v, sv_t, reset, B, b, t0, T > 0, ok, ov, DK, DV,
+                          HAS_RESET, ACC)
+    ndy = tl.load(dy + t0 * step, mask=mv, other=0).to(ACC)
     for t in range(T):
         t64 = tl.cast(t, tl.int64)
+        k_t, v_t, r_t, dy_t = nk, nv, nr, ndy
+        live = t64 + 1 < T
+        _, nk, nv, nr = _step(q, sq_t, k, sk_t, v, sv_t, reset, B, b, t64 + 1, live, ok, ov, DK, DV,
+                              HAS_RESET, ACC)
+        ndy = tl.load(dy + (t64 + 1) * step, mask=lanes(ov, DV, live), other=0).to(ACC)
         if HAS_RESET:
-            W = tl.where(tl.load(reset + t64 * B + b) != 0, 0.0, W)
-        k_t = tl.load(k + t64 * sk_t + ok, mask=mk, other=0).to(ACC)
-        v_t = tl.load(v + t64 * sv_t + ov, mask=mv, other=0).to(ACC)
+            W = tl.where(r_t, 0.0, W)
         W += k_t[:, None] * v_t[None, :]
-        dy_t = tl.load(dy + t64 * B * H * DV, mask=mv, other=0).to(ACC)
         tl.store(dq_part + t64 * B * H * DK, tl.sum(W * dy_t[None, :], 1), mask=mk)
 
     # Reverse sweep: G = dL/dW_t.
     G = tl.load(dWT + w_off, mask=m2, other=0).to(ACC)
+    tT = t0 + T - 1
+    nq, nk, nv, nr = _step(q, sq_t, k, sk_t, v, sv_t, reset, B, b, tT, T > 0, ok, ov, DK, DV,
+                           HAS_RESET, ACC)
+    ndy = tl.load(dy + tT * step, mask=mv, other=0).to(ACC)
     for i in range(T):
         t64 = tl.cast(T - 1 - i, tl.int64)
-        q_t = tl.load(q + t64 * sq_t + ok, mask=mk, other=0).to(ACC)
-        k_t = tl.load(k + t64 * sk_t + ok, mask=mk, other=0).to(ACC)
-        v_t = tl.load(v + t64 * sv_t + ov, mask=mv, other=0).to(ACC)
-        dy_t = tl.load(dy + t64 * B * H * DV, mask=mv, other=0).to(ACC)
+        q_t, k_t, v_t, r_t, dy_t = nq, nk, nv, nr, ndy
+        live = t64 > 0
+        nq, nk, nv, nr = _step(q, sq_t, k, sk_t, v, sv_t, reset, B, b, t64 - 1, live, ok, ov, DK, DV,
+                               HAS_RESET, ACC)
+        ndy = tl.load(dy + (t64 - 1) * step, mask=lanes(ov, DV, live), other=0).to(ACC)
         G += q_t[:, None] * dy_t[None, :]
         tl.store(dk_part + t64 * B * H * DK, tl.sum(G * v_t[None, :], 1), mask=mk)
-        tl.store(dv + t64 * B * H * DV, tl.sum(G * k_t[:, None], 0), mask=mv)
+        tl.store(dv + t64 * step, tl.sum(G * k_t[:, None], 0), mask=mv)
         if HAS_RESET:
-            G = tl.where(tl.load(reset + t64 * B + b) != 0, 0.0, G)
+            G = tl.where(r_t, 0.0, G)
     tl.store(dW0 + w_off, G, mask=m2)
 
 
