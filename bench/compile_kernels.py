@@ -3,7 +3,9 @@
 Triton's interpreter (how the tests run the kernels on CPU) accepts code that the GPU compiler
 rejects, so this compiles the exact launches the op wrappers make (forward with and without saving
 for backward, backward; float32 and bfloat16 inputs; head dims 32 and 64) through Triton's whole
-pipeline down to a cubin, and prints registers and spills per kernel (ptxas -v).
+pipeline down to a cubin, and prints registers and spills per kernel (ptxas -v). Launch shapes are
+those of the paper's RL shape (B=32, H=4, D=32) and the large one (B=256, H=8, D=64) on an H100
+(132 SMs).
 
     python bench/compile_kernels.py [--quiet]
 
@@ -45,11 +47,12 @@ def capture_launches():
     for kernel in kernels.values():
         kernel.run = lambda *args, grid, warmup, _k=kernel, **kw: launches.append((_k, args, kw))
     tu.check_inputs = lambda *a, **k: None   # CPU tensors stand in for CUDA ones: nothing runs
+    tu.sm_count = lambda device: 132         # an H100's SMs, which set the column split
     g = torch.Generator().manual_seed(0)
     for op in OPS:
-        for D in (32, 64):
+        for B, H, D in ((32, 4, 32), (256, 8, 64)):
             for dtype in (torch.float32, torch.bfloat16):
-                T, B, H = 3, 4, 2
+                T = 3
                 shapes = {"sum_rule": [(T, B, H, D)] * 3, "delta_rule": [(T, B, H, D)] * 3 + [(T, B, H)],
                           "rdn": [(T, B, H, D)] * 3 + [(T, B, H), (H, D, D), (H, D, D), (H, D, D), (H, D)],
                           "delta_rnn": [(T, B, H, D)] * 3 + [(T, B, H)] + [(T, B, H, D)] * 2 + [(T, B, H)]}[op]

@@ -135,6 +135,23 @@ def test_bfloat16_inputs_accumulate_in_float32(op, monkeypatch):
     _compare(op, "D5-resets-state_grad", torch.bfloat16, monkeypatch)
 
 
+@pytest.mark.parametrize("op", ["sum_rule", "delta_rule"])
+def test_key_and_value_head_dims_may_differ(op):
+    T, B, H, DK, DV = 4, 2, 2, 3, 6
+    g = torch.Generator().manual_seed(5)
+    rn = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    args = [torch.softmax(rn(T, B, H, DK), -1), torch.softmax(rn(T, B, H, DK), -1), rn(T, B, H, DV)]
+    args += [torch.sigmoid(rn(T, B, H))] if op == "delta_rule" else []
+    reset = torch.zeros(T, B, dtype=torch.bool)
+    reset[2, 0] = True
+    state = [rn(B, H, DK, DV)]
+    outs, grads = _run(op, args, state, reset, "triton", True)
+    ref_outs, ref_grads = _run(op, [a.double() for a in args], [state[0].double()], reset,
+                               "reference", True)
+    for i, (a, b) in enumerate(zip(outs + grads, ref_outs + ref_grads)):
+        _check(a, b, TOL[torch.float32], f"{op} output/gradient {i}")
+
+
 @pytest.mark.parametrize("op", OPS)
 def test_acting_steps_equal_one_call_and_keep_nothing_for_backward(op, poisoned):
     T, B, H, D = 4, 2, 2, 5

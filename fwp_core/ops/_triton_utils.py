@@ -4,6 +4,8 @@ The kernels run on CUDA tensors, or on CPU tensors under Triton's interpreter wh
 TRITON_INTERPRET=1 was set before the kernel modules were imported (that is how the test suite runs
 them on a machine without a GPU).
 """
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -62,6 +64,27 @@ def reset_arg(reset, like):
     if reset is None:
         return like, False
     return reset.contiguous().view(torch.uint8), True
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sm_count(device):
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def sm_count(device):
+    """Streaming multiprocessors of a CUDA device (a nominal 4 under the interpreter)."""
+    return _cuda_sm_count(device) if device.type == "cuda" else 4
+
+
+def column_blocks(B, H, DK, DV, device):
+    """Launch shape of the column-split rules (sum, delta): BK, BV, the number of column blocks NV,
+    and warps. Column blocks are as wide as 32, narrowed (to 8 at least) until there are about two
+    programs per SM, since one program per (sequence, head) leaves most of a big GPU idle at
+    B·H = 128 (the paper's RL batch)."""
+    BK, BV = block(DK), min(block(DV), 32)
+    while BV > 8 and B * H * triton.cdiv(DV, BV) < 2 * sm_count(device):
+        BV //= 2
+    return BK, BV, triton.cdiv(DV, BV), warps(BK * BV)
 
 
 def needs_grad(*tensors):

@@ -144,20 +144,10 @@ def _delta_rule_bwd(q, sq_t, sq_b, sq_h, k, sk_t, sk_b, sk_h, beta, sb_t, sb_b, 
         tl.store(dq_part + t64 * step_k, tl.sum(W * dy_t[None, :], 1), mask=mk)
 
 
-def _launch_shape(B, H, DK, DV, device):
-    """Column blocks: as wide as 32, narrowed (to 8 at least) until there are about two programs
-    per SM, since one program per (sequence, head) leaves most of a big GPU idle at B·H = 128."""
-    BK, BV = tu.block(DK), min(tu.block(DV), 32)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    while BV > 8 and B * H * triton.cdiv(DV, BV) < 2 * sms:
-        BV //= 2
-    return BK, BV, triton.cdiv(DV, BV), tu.warps(BK * BV)
-
-
 def _forward(q, k, v, beta, W0, reset, save, y_dtype):
     T, B, H, DK = q.shape
     DV = v.shape[-1]
-    BK, BV, NV, warps = _launch_shape(B, H, DK, DV, q.device)
+    BK, BV, NV, warps = tu.column_blocks(B, H, DK, DV, q.device)
     y = torch.empty(T, B, H, DV, dtype=y_dtype, device=q.device)
     WT = torch.empty_like(W0)
     delta = torch.empty(T, B, H, DV, dtype=W0.dtype, device=q.device) if save else y
@@ -183,7 +173,7 @@ class DeltaRule(torch.autograd.Function):
         q, k, v, beta, W0, reset, delta = ctx.saved_tensors
         T, B, H, DK = q.shape
         DV = v.shape[-1]
-        BK, BV, NV, warps = _launch_shape(B, H, DK, DV, q.device)
+        BK, BV, NV, warps = tu.column_blocks(B, H, DK, DV, q.device)
         acc, dev = W0.dtype, q.device
         dq_part = torch.empty(NV, T, B, H, DK, dtype=acc, device=dev)
         dk_part = torch.empty(NV, T, B, H, DK, dtype=acc, device=dev)

@@ -118,20 +118,10 @@ def _sum_rule_bwd(q, sq_t, sq_b, sq_h, k, sk_t, sk_b, sk_h, v, sv_t, sv_b, sv_h,
     tl.store(dW0 + w_off, G, mask=m2)
 
 
-def _launch_shape(B, H, DK, DV, device):
-    """Column blocks: as wide as 32, narrowed (to 8 at least) until there are about two programs
-    per SM, since one program per (sequence, head) leaves most of a big GPU idle at B·H = 128."""
-    BK, BV = tu.block(DK), min(tu.block(DV), 32)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    while BV > 8 and B * H * triton.cdiv(DV, BV) < 2 * sms:
-        BV //= 2
-    return BK, BV, triton.cdiv(DV, BV), tu.warps(BK * BV)
-
-
 def _forward(q, k, v, W0, reset):
     T, B, H, DK = q.shape
     DV = v.shape[-1]
-    BK, BV, NV, warps = _launch_shape(B, H, DK, DV, q.device)
+    BK, BV, NV, warps = tu.column_blocks(B, H, DK, DV, q.device)
     y = torch.empty(T, B, H, DV, dtype=q.dtype, device=q.device)
     WT = torch.empty_like(W0)
     reset_bytes, has_reset = tu.reset_arg(reset, q)
@@ -153,7 +143,7 @@ class _SumRule(torch.autograd.Function):
         q, k, v, W0, reset = ctx.saved_tensors
         T, B, H, DK = q.shape
         DV = v.shape[-1]
-        BK, BV, NV, warps = _launch_shape(B, H, DK, DV, q.device)
+        BK, BV, NV, warps = tu.column_blocks(B, H, DK, DV, q.device)
         acc = W0.dtype
         dq_part = torch.empty(NV, T, B, H, DK, dtype=acc, device=q.device)
         dk_part = torch.empty(NV, T, B, H, DK, dtype=acc, device=q.device)
