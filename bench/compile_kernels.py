@@ -55,11 +55,13 @@ def capture_launches():
                 T = 3
                 shapes = {"sum_rule": [(T, B, H, D)] * 3, "delta_rule": [(T, B, H, D)] * 3 + [(T, B, H)],
                           "rdn": [(T, B, H, D)] * 3 + [(T, B, H), (H, D, D), (H, D, D), (H, D, D), (H, D)],
-                          "delta_rnn": [(T, B, H, D)] * 3 + [(T, B, H)] + [(T, B, H, D)] * 2 + [(T, B, H)]}[op]
+                          "delta_rnn": [(T, B, H, D)] * 3 + [(T, B, H)]
+                          + [(T, B, H, D)] * 2 + [(T, B, H)]}[op]
                 args = [torch.rand(s, generator=g).to(dtype).requires_grad_() for s in shapes]
                 reset = torch.zeros(T, B, dtype=torch.bool)
                 y, final = getattr(ops, op)(*args, reset=reset, backend="triton")
-                (y.float().sum() + sum(s.sum() for s in (final if isinstance(final, tuple) else (final,)))).backward()
+                final = final if isinstance(final, tuple) else (final,)
+                (y.float().sum() + sum(s.sum() for s in final)).backward()
                 with torch.no_grad():                 # the acting path: no reset, nothing saved
                     getattr(ops, op)(*[a[:1] if a.shape[0] == T else a for a in args], backend="triton")
     return launches, sorted(kernels)
@@ -110,7 +112,8 @@ def main():
         compiled.add(kernel.__name__)
         if not quiet:
             shown = ", ".join(f"{k}={getattr(v, 'name', v)}" for k, v in constexprs.items())
-            print(f"| {kernel.__name__} | {shown} | {'bf16' if '*bf16' in sig.values() else 'fp32'} | {warps} | "
+            inputs = "bf16" if "*bf16" in sig.values() else "fp32"
+            print(f"| {kernel.__name__} | {shown} | {inputs} | {warps} | "
                   f"{' | '.join(registers(out.asm['ptx']))} |")
     missing = sorted(set(names) - compiled)
     if missing:

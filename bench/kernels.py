@@ -118,10 +118,12 @@ def main():
             for backend in ("triton", "reference"):
                 call = lambda a, st, r, rule=rule, backend=backend: getattr(ops, rule)(  # noqa: E731
                     *a, state=st, reset=r, backend=backend)
-                rows.append((label, f"{rule} ({backend})", *fwd_bwd_and_step(call, args, state, reset, step, reset[:1])))
+                rows.append((label, f"{rule} ({backend})",
+                             *fwd_bwd_and_step(call, args, state, reset, step, reset[:1])))
             if rule == "delta_rule" and fla_delta_rule is not None:
                 bthk = [a.detach().transpose(0, 1).contiguous().requires_grad_() for a in args]
-                kw = {"head_first": False} if "head_first" in inspect.signature(fla_delta_rule).parameters else {}
+                params = inspect.signature(fla_delta_rule).parameters
+                kw = {"head_first": False} if "head_first" in params else {}  # older fla: [B, H, T, D]
                 call = lambda a, st, r: fla_delta_rule(  # noqa: E731
                     a[0], a[1], a[2], a[3], scale=1.0, initial_state=st[0], output_final_state=True, **kw)
                 rows.append((label, "delta_rule (fla fused_recurrent, no reset)",
@@ -130,19 +132,25 @@ def main():
         x = torch.randn(T, B, H * D, device=device, requires_grad=True)
         hc = tuple(torch.zeros(1, B, H * D, device=device) for _ in range(2))
         call = lambda a, st, r: lstm(a[0], st)  # noqa: E731
-        rows.append((label, f"cuDNN nn.LSTM({H * D}, {H * D})", *fwd_bwd_and_step(call, [x], hc, None, [x.detach()[:1]])))
+        rows.append((label, f"cuDNN nn.LSTM({H * D}, {H * D})",
+                     *fwd_bwd_and_step(call, [x], hc, None, [x.detach()[:1]])))
 
     B, T = (2, 3) if opts.smoke else (32, 50)
+    core_label = f"core B={B} T={T} in=256"
+    core_names = {"rdn": "rdn core (2 layers, 4 heads of 32)", "lstm": "lstm core (hidden 256)"}
     for name in ("rdn", "lstm"):
         core = make_core(name, 256).to(device)
         x = torch.randn(T, B, 256, device=device)
         reset = torch.zeros(T, B, dtype=torch.bool, device=device)
         reset[T // 2, 0] = True
         call = lambda a, st, r, core=core: core(a[0], st, r)  # noqa: E731
-        rows.append((f"core B={B} T={T} in=256", f"{name} core ({'2 layers, 4 heads of 32' if name == 'rdn' else 'hidden 256'})",
+        rows.append((core_label, core_names[name],
                      *fwd_bwd_and_step(call, [x], core.initial_state(B), reset, [x[:1]], reset[:1])))
 
-    where = "CPU, Triton interpreter: smoke run, times meaningless" if opts.smoke else torch.cuda.get_device_name()
+    if opts.smoke:
+        where = "CPU, Triton interpreter: smoke run, times meaningless"
+    else:
+        where = torch.cuda.get_device_name()
     import triton
     print(f"# Fast-weight kernels ({where}; torch {torch.__version__}, triton {triton.__version__}, "
           f"inputs {opts.dtype}, state float32)\n")
@@ -154,11 +162,10 @@ def main():
     for label in {r[0] for r in rows if r[1].startswith("delta_rule (triton)")}:
         fla_row = by.get((label, "delta_rule (fla fused_recurrent, no reset)"))
         if fla_row:
-            print(f"- {label}: delta_rule forward+backward {fla_row[0] / by[(label, 'delta_rule (triton)')][0]:.2f}x "
-                  f"faster than fla's fused_recurrent_delta_rule (target >= 3x)")
-    core_label = f"core B={B} T={T} in=256"
-    rdn_core = by[(core_label, "rdn core (2 layers, 4 heads of 32)")]
-    lstm_core = by[(core_label, "lstm core (hidden 256)")]
+            speedup = fla_row[0] / by[(label, "delta_rule (triton)")][0]
+            print(f"- {label}: delta_rule forward+backward {speedup:.2f}x faster than fla's "
+                  f"fused_recurrent_delta_rule (target >= 3x)")
+    rdn_core, lstm_core = by[(core_label, core_names["rdn"])], by[(core_label, core_names["lstm"])]
     print(f"- rdn core / LSTM core time: forward+backward {rdn_core[0] / lstm_core[0]:.2f}, acting step "
           f"{rdn_core[1] / lstm_core[1]:.2f} (targets <= 1)")
     if fla_note:

@@ -202,7 +202,8 @@ class _DeltaRNNRecurrence(torch.autograd.Function):
         _delta_rnn_bwd[(B * H,)](*tu.seq(kr), *tu.steps(br), RT, reset_bytes, p, d, ckpt,
                                  dy.contiguous(), dRT.contiguous(), dyT.contiguous(), dz, dkr, dvr,
                                  dbr, dR0, dy0, T, B, H, D, BD=BD, CK=tu.CHECKPOINT_EVERY,
-                                 HAS_RESET=has_reset, ACC=tu.acc_type(RT), num_warps=tu.warps(BD * BD, tiles_held=4))
+                                 HAS_RESET=has_reset, ACC=tu.acc_type(RT),
+                                 num_warps=tu.warps(BD * BD, tiles_held=4))
         dz_t, dk_t, dv_t, db_t = ctx.dtypes
         return (dz.to(dz_t), dkr.to(dk_t), dvr.to(dv_t), dbr.to(db_t), dR0, dy0, None, None)
 
