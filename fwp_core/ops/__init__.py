@@ -11,7 +11,8 @@ kept and returned in float32 (float64 when an input is float64); y has the input
 Gradients reach every input, the initial state included.
 
 `backend`: "reference" (the plain PyTorch loops in `<rule>/naive.py`) or "triton" (the fused
-kernels in `<rule>/fused_recurrent.py`). None picks $FWP_BACKEND if set, else Triton for CUDA
+kernels in `<rule>/fused_recurrent.py`: CUDA tensors, head dims up to 64; on CPU only under
+TRITON_INTERPRET=1, for testing). None picks $FWP_BACKEND if set, else Triton for CUDA
 tensors and the reference otherwise.
 """
 import importlib
@@ -48,7 +49,14 @@ def _triton_available():
 
 def _fused(op):
     # Imported on first use so that CPU-only installs never import Triton.
-    return getattr(importlib.import_module(f".{op}.fused_recurrent", __name__), f"fused_recurrent_{op}")
+    try:
+        module = importlib.import_module(f".{op}.fused_recurrent", __name__)
+    except ModuleNotFoundError as e:
+        if e.name != "triton":
+            raise
+        raise RuntimeError(f"{op}: backend='triton' needs the triton package, which is not installed; "
+                           f"use backend='reference'") from e
+    return getattr(module, f"fused_recurrent_{op}")
 
 
 def _acc_dtype(*tensors):
