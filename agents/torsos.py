@@ -5,7 +5,9 @@ Each torso ends on a pre-activation (the agent applies the ReLU), as torchbeast'
 - `nature`: the DQN Nature conv net (32x8 s4, 64x4 s2, 64x3 s1).
 - `impala_resnet`: the IMPALA paper's residual net, three stages of [16, 32, 32] channels, each
   conv3x3 -> max-pool 3 s2 -> two residual blocks (ReLU, conv3x3, ReLU, conv3x3, + skip).
-- `mlp`: two Linear layers for flattened float vectors (POPGym, classic control).
+- `mlp`: Linear -> LayerNorm -> ReLU -> Linear for flattened float vectors (POPGym, classic
+  control). The LayerNorm makes the features O(1) whatever the observations' scale (CartPole's
+  angles are ~0.05): without it an LSTM core sees near-constant inputs and learns very slowly.
 """
 import torch
 from torch import nn
@@ -55,8 +57,8 @@ class ImpalaResNetTorso(nn.Module):
 class MLPTorso(nn.Module):
     def __init__(self, obs_shape, hidden_size):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(obs_shape[0], hidden_size), nn.ReLU(),
-                                 nn.Linear(hidden_size, hidden_size))
+        self.net = nn.Sequential(nn.Linear(obs_shape[0], hidden_size), nn.LayerNorm(hidden_size),
+                                 nn.ReLU(), nn.Linear(hidden_size, hidden_size))
         self.output_size = hidden_size
 
     def forward(self, x):
