@@ -132,7 +132,8 @@ def _check_cluster_fits(cfg):
 
 def train(cfg, resume=False, address=None, progress=True, on_report=None):
     """Train until run.total_frames or a stop signal; returns a summary dict. `on_report(report,
-    service)` is called after each interval (tests use it to interfere with a live run)."""
+    service)` is called after each interval (tests and benchmarks use it to watch or interfere with
+    a live run); returning True stops the run as a signal would."""
     import ray
     from tqdm import tqdm
 
@@ -204,8 +205,8 @@ def train(cfg, resume=False, address=None, progress=True, on_report=None):
             if not progress:
                 print(f"frames {frames:,}  {stats['perf/env_frames_per_s']:,.0f} frames/s  "
                       f"return {mean_return:.2f}", flush=True)
-            if on_report is not None:
-                on_report(report, service)
+            if on_report is not None and on_report(report, service):
+                stop["signal"] = "on_report"
             if time.monotonic() - last_save >= cfg.run.checkpoint_interval_s:
                 save()
                 last_save = time.monotonic()
@@ -213,7 +214,9 @@ def train(cfg, resume=False, address=None, progress=True, on_report=None):
         bar.close()
         logger.close()
         episodes_csv.close()
-        return {"frames": frames, "start_frames": state["frames"], "stopped_by": signal.Signals(stop["signal"]).name if stop["signal"] else None,
+        stopped_by = stop["signal"] and (signal.Signals(stop["signal"]).name
+                                         if isinstance(stop["signal"], int) else stop["signal"])
+        return {"frames": frames, "start_frames": state["frames"], "stopped_by": stopped_by,
                 "final_return": sum(recent) / len(recent) if recent else None,
                 "episodes": len(recent), "logdir": str(logdir),
                 "wall_time_s": wall + time.monotonic() - t0}

@@ -8,6 +8,13 @@ Part 1, the env ceiling: random actions through the same vectorised env an actor
 keeps two half-batches in flight with send/recv (env_batches=2), as an actor acting on one half while
 the other steps would. The "raw AtariVectorEnv" row is ale-py's own batch mode (batch_size =
 num_envs/2, whichever envs finish first), which make_env does not use, for comparison.
+
+Part 2, actors with inference: a RolloutWorker (the code inside each Ray actor: envs plus a CPU
+copy of the agent acting on every step) producing rollouts, next to the env ceiling of the same
+env layout on the same cores. Part 3, end to end: `launch.train` on a preset for a fixed time, the
+learner's frames/s once warm (Ray, actors, object store, learner updates all included).
+
+    python bench/throughput.py --parts actor train
 """
 import argparse
 import os
@@ -124,7 +131,64 @@ def env_part(args):
                 f"{args.repeats} interleaved {args.seconds:g}-s windows", rows)
 
 
-PARTS = {"env": env_part}
+def actor_case(torso, core, num_envs, env_batches, threads, unroll=20):
+    """Agent steps/s of a RolloutWorker on Pong: rollouts of `unroll` steps, inference included."""
+    from actors.rollout import RolloutWorker
+    from configs import load_config
+    cfg = load_config(overrides=["env.id=ALE/Pong-v5", f"env.num_envs={num_envs}", f"env.env_batches={env_batches}",
+                                 f"env.num_threads={threads}", f"model.torso={torso}", f"model.core={core}",
+                                 f"learner.unroll_length={unroll}"])
+    worker = RolloutWorker(cfg, seed=0, num_cpus=threads)
+
+    def loop_once():
+        worker.rollout()
+        return unroll * num_envs
+    what = f"actor {torso}+{core}" + ("" if env_batches == 1 else f", {env_batches} groups")
+    return Case({"what": what, "env": "ALE/Pong-v5", "envs": num_envs, "threads": threads},
+                loop_once, 4, worker.close)
+
+
+def actor_part(args):
+    threads, n = args.threads, args.num_envs[0]
+    cases = [env_ceiling("ALE/Pong-v5", n, 1, threads), env_ceiling("ALE/Pong-v5", n, 2, threads)]
+    for torso in ("nature", "impala_resnet"):
+        for core in ("lstm", "rdn"):
+            for batches in (1, 2):
+                cases.append(actor_case(torso, core, n, batches, threads))
+    rows = measure(cases, args.seconds * 2, args.repeats)
+    ceiling = max(r["steps/s"] for r in rows[:2])
+    for r in rows:
+        r["of ceiling"] = f"{r['steps/s'] / ceiling:.0%}"
+    print_table(f"Actors with inference (one RolloutWorker, torch 1 thread, {threads} ALE threads, "
+                f"{os.cpu_count()} cores) against the env ceiling; best of {args.repeats} windows", rows)
+
+
+def train_part(args):
+    """launch.train on a preset for --train-seconds; frames/s of the reports after the first third."""
+    import tempfile
+
+    import launch
+    from configs import load_config
+    rows = []
+    for core in ("lstm", "rdn"):
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = load_config(args.preset, [f"model.core={core}", "run.total_frames=1000000000",
+                                            "run.log_interval_s=5", f"run.logdir={tmp}/run"])
+            rates, start = [], time.monotonic()
+
+            def on_report(report, service):
+                if time.monotonic() - start > args.train_seconds / 3:
+                    rates.append(report["stats"]["perf/env_frames_per_s"])
+                return time.monotonic() - start > args.train_seconds
+            launch.train(cfg, progress=False, on_report=on_report)
+        rows.append({"what": f"train {args.preset}", "env": cfg.env.id, "core": core,
+                     "actors x envs": f"{cfg.run.num_actors} x {cfg.env.num_envs}",
+                     "frames/s": float(np.median(rates)) if rates else float("nan")})
+    print_table(f"End to end ({os.cpu_count()} cores): median of the learner's frames/s reports "
+                f"after warm-up, {args.train_seconds:g} s per run", rows)
+
+
+PARTS = {"env": env_part, "actor": actor_part, "train": train_part}
 
 
 def main():
@@ -135,6 +199,8 @@ def main():
     parser.add_argument("--num-envs", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="ALE threads (default: the CPUs this process may use)")
+    parser.add_argument("--preset", default="atari_cpu", help="config preset of the train part")
+    parser.add_argument("--train-seconds", type=float, default=60.0, help="seconds per train run")
     args = parser.parse_args()
     for part in args.parts:
         PARTS[part](args)
