@@ -5,11 +5,12 @@ happens here, one `Agent.act` per batch of env outputs: a Ray call per step woul
 the step. With `env.env_batches` > 1 the env answers in batches of N / env_batches, and while the
 worker acts on one batch the others step in ALE's C++ threads.
 
-Each env runs a continuous stream of steps s = 0, 1, 2, ... . Rollout k holds steps kT ... kT+T
-(T+1 observations, [T+1, N, ...]), so consecutive rollouts overlap by one observation, and the core
-state that travels with rollout k is each env's state before it acted on step kT. With batches in
-flight, envs drift a step or two apart; an env that finishes rollout k carries straight on into
-rollout k+1 (its rows are kept for the next call), so the envs never wait for each other.
+Each env group (`env.groups`, stepped together) runs a continuous stream of steps 0, 1, 2, ... .
+Rollout k holds steps kT ... kT+T (T+1 observations, [T+1, N, ...]), so consecutive rollouts
+overlap by one observation, and the core state that travels with rollout k is each env's state
+before it acted on step kT. With several groups in flight, a group that completes rollout k carries
+straight on into rollout k+1 (its rows wait in `self.rollouts` for the next call), so the groups
+never wait for each other.
 """
 import dataclasses
 
@@ -46,7 +47,7 @@ class RolloutWorker:
         # Start every env: act on the reset observation, in batches as the env expects them.
         obs = self.env.reset()
         zeros, ones = np.zeros(N, np.float32), np.ones(N, bool)
-        with torch.inference_mode():
+        with torch.no_grad():
             for ids in self.env.groups:
                 self._record_act_send(ids, obs[ids], zeros[ids], ones[ids])
 
@@ -62,7 +63,7 @@ class RolloutWorker:
         return dict(observation_space=e.observation_space, num_actions=e.num_actions,
                     frames_per_step=e.frames_per_step, num_envs=e.num_envs)
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: the core states it ships may enter the learner's autograd
     def rollout(self, weights=None):
         """Step until rollout k = 0, 1, 2, ... is complete in every env and return it: numpy arrays
         [T+1, N, ...] (obs, reward, first, last_action, action, logits), the core state before
@@ -99,41 +100,29 @@ class RolloutWorker:
         return self.rollouts[k]
 
     def _record_act_send(self, ids, obs, reward, first):
-        """Record one env output per id, act on it, and send the actions back to the env."""
-        s = self.step[ids]
+        """Record one env group's output, act on it, and send the group's actions back."""
+        step = self.step[ids]
+        assert (step == step[0]).all(), "the envs of a group step together"
+        k, t = divmod(int(step[0]), self.T)
         last = np.where(first, 0, self.last_action[ids])
-        k, t = s // self.T, s % self.T
-        fields = dict(obs=obs, reward=reward, first=first, last_action=last)
-        # Step s is row t of rollout k and, on a boundary (t == 0, k > 0), also row T of rollout k-1.
-        for kk in np.unique(k):
-            m = k == kk
-            rows = [(kk, t[m], m)]
-            if kk > 0:
-                b = m & (t == 0)
-                if b.any():
-                    rows.append((kk - 1, np.full(b.sum(), self.T), b))
-            for rk, rt, rm in rows:
-                buf = self._buffer(rk)
-                for name, value in fields.items():
-                    buf[name][rt, ids[rm]] = value[rm]
+        # Step kT+t is row t of rollout k and, on a boundary (t == 0, k > 0), also row T of k-1.
+        for rk, rt in [(k, t)] + ([(k - 1, self.T)] if t == 0 and k > 0 else []):
+            buf = self._buffer(rk)
+            buf["obs"][rt, ids], buf["reward"][rt, ids], buf["first"][rt, ids] = obs, reward, first
+            buf["last_action"][rt, ids] = last
+        buf = self._buffer(k)
         idx = torch.from_numpy(ids)
         state = tuple(x[idx] for x in self.core_state)
-        for kk in np.unique(k[t == 0]):  # the state a rollout starts from: before its row 0
-            m = (k == kk) & (t == 0)
-            buf = self._buffer(kk)
+        if t == 0:  # rollout k starts from the state before its row 0
             for dst, src in zip(buf["core_state"], state):
-                dst[torch.from_numpy(ids[m])] = src[torch.from_numpy(m)]
+                dst[idx] = src
         action, logits, state = self.agent.act(
             torch.from_numpy(obs), torch.from_numpy(reward), torch.from_numpy(first), state,
             torch.from_numpy(last))
         for x, new in zip(self.core_state, state):
             x[idx] = new
         action = action.numpy()
-        for kk in np.unique(k):
-            m = k == kk
-            buf = self._buffer(kk)
-            buf["action"][t[m], ids[m]] = action[m]
-            buf["logits"][t[m], ids[m]] = logits.numpy()[m]
+        buf["action"][t, ids], buf["logits"][t, ids] = action, logits.numpy()
         self.last_action[ids] = action
         self.step[ids] += 1
         self.env.send(action, ids)
