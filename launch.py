@@ -277,7 +277,8 @@ def cmd_compare(args):
     from learner import compare, report
     if args.summarize:
         if args.envs or args.cores:
-            raise UsageError("--summarize rebuilds the outputs from the runs already in DIR; drop --envs/--cores")
+            raise UsageError("--summarize rebuilds the outputs from the runs already in DIR; "
+                             "drop --envs/--cores")
         outdir = Path(args.summarize)
     else:
         missing = [flag for flag, value in (("--envs", args.envs), ("--cores", args.cores),
@@ -346,7 +347,8 @@ def build_parser():
     c.add_argument("--total-frames", type=_count, help="frame budget of every run (default: the config's)")
     c.add_argument("--outdir", help="directory of the comparison: DIR/<env>/<core>/seed<k>")
     c.add_argument("--config", help="YAML preset every run starts from")
-    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="config value for every run (repeatable)")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="config value for every run (repeatable)")
     c.add_argument("--eval-episodes", type=_count, default=10,
                    help="episodes to evaluate each finished run on (default 10; 0: none)")
     c.add_argument("--eval-greedy", action="store_true", help="evaluate with greedy actions")

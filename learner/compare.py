@@ -23,6 +23,7 @@ directory and its log (train.log there); evaluation then happens here, one run a
 Ctrl-C stops the runs in flight after they save a checkpoint; the same command then goes on.
 """
 import dataclasses
+import json
 import shutil
 import signal
 import subprocess
@@ -94,9 +95,8 @@ def _check_same_config(run, saved):
                            "re-run with the settings it was made with, or choose another --outdir")
 
 
-def _needs_eval(run, episodes, greedy):
-    """Whether run's eval.json is missing or was made for other frames, episodes or greedy."""
-    import json
+def _needs_eval(run, episodes, greedy, seed):
+    """Whether run's eval.json is missing or was made for other frames, episodes, greedy or seed."""
     path = run.dir / "eval.json"
     if episodes <= 0:
         return False
@@ -105,22 +105,29 @@ def _needs_eval(run, episodes, greedy):
     try:
         old = json.loads(path.read_text())
         frames = checkpoint.read(run.dir / "checkpoint.pt")["counters"]["frames"]
-        return (old["frames"], old["episodes"], old["greedy"]) != (frames, episodes, greedy)
+        asked = (frames, episodes, greedy, seed)
+        return (old["frames"], old["episodes"], old["greedy"], old["seed"]) != asked
     except (ValueError, KeyError, TypeError):
         return True
 
 
 def run_grid(runs, train, start_ray, address=None, parallel=1, eval_episodes=10, eval_greedy=False,
              progress=True, log=print):
-    """Train what is missing, evaluate what is unevaluated. `train` and `start_ray` are launch.py's
-    (passed in: the command line imports this module, not the other way round). Returns {run dir: action} with action one of
-    trained, resumed, skipped, interrupted; stops early (remaining runs absent) on Ctrl-C."""
+    """Train what is missing, then evaluate what has no evaluation of its final checkpoint.
+    `train` and `start_ray` are launch.py's (passed in: the command line imports this module, not
+    the other way round). Returns {run dir: action}, action one of trained, resumed, skipped,
+    interrupted; on Ctrl-C it stops (runs not reached are absent) and evaluates nothing."""
+    if parallel > 1 and not address:
+        raise CompareError("--parallel > 1 runs several drivers on one Ray cluster: start one "
+                           "(`ray start --head`) and pass --address auto, or leave --parallel at 1")
     states = {run.dir: status(run) for run in runs}   # every run checked before anything trains
     todo = [run for run in runs if states[run.dir] != "done"]
     actions = {run.dir: "skipped" for run in runs if states[run.dir] == "done"}
     log(f"compare: {len(runs)} runs: {len(runs) - len(todo)} done, "
         f"{sum(states[r.dir] == 'partial' for r in todo)} to resume, "
         f"{sum(states[r.dir] != 'partial' for r in todo)} to start")
+    if parallel > 1:
+        _check_room(todo, address, parallel)
     for run in todo:
         if states[run.dir] == "stale":
             log(f"compare: {run.dir} has no checkpoint (stopped before its first save): starting it afresh")
@@ -134,8 +141,9 @@ def run_grid(runs, train, start_ray, address=None, parallel=1, eval_episodes=10,
     if "interrupted" in actions.values():
         return actions
     for run in runs:
-        if _needs_eval(run, eval_episodes, eval_greedy):
-            result = evaluate(run.dir, eval_episodes, greedy=eval_greedy, seed=EVAL_SEED + run.seed)
+        seed = EVAL_SEED + run.seed
+        if _needs_eval(run, eval_episodes, eval_greedy, seed):
+            result = evaluate(run.dir, eval_episodes, greedy=eval_greedy, seed=seed)
             log(f"compare: {run.dir}: evaluation over {result['episodes']} episodes: "
                 f"{result['mean']:.3f} ± {result['std']:.3f}")
     return actions
@@ -163,11 +171,29 @@ def _train_in_turn(todo, states, train, start_ray, address, progress, actions, l
             ray.shutdown()
 
 
+def _check_room(todo, address, parallel):
+    """Refuse `parallel` drivers the cluster cannot hold at once: each takes its learner's CPU and
+    then its actors' one by one, so two drivers short of CPUs would each wait for ever on the other."""
+    import ray
+    joined = not ray.is_initialized()
+    if joined:
+        ray.init(address=address, log_to_driver=False)
+    try:
+        cpus = ray.cluster_resources().get("CPU", 0)
+    finally:
+        if joined:
+            ray.shutdown()
+    needs = sorted((r.cfg.run.num_actors * r.cfg.run.actor_cpus + 1 for r in todo), reverse=True)
+    if todo and sum(needs[:parallel]) > cpus:
+        fits = max(1, int(cpus // needs[0]))
+        raise CompareError(f"the Ray cluster at {address} has {cpus:g} CPUs; {min(parallel, len(todo))} runs "
+                           f"side by side need {sum(needs[:parallel]):g} (each run.num_actors x "
+                           f"run.actor_cpus + 1 for its learner), and drivers short of CPUs would wait "
+                           f"on each other for ever: use --parallel {fits} or add nodes")
+
+
 def _train_side_by_side(todo, states, address, parallel, actions, log):
     """Up to `parallel` child `launch.py train` drivers at once on the cluster at `address`."""
-    if not address:
-        raise CompareError("--parallel > 1 runs several drivers on one Ray cluster: start one "
-                           "(`ray start --head`) and pass --address auto, or leave --parallel at 1")
     queue, procs = list(todo), {}
 
     def start(run):

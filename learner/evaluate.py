@@ -122,7 +122,7 @@ class _Video:
         big = frame.repeat(VIDEO_SCALE, 0).repeat(VIDEO_SCALE, 1)     # nearest-neighbour upscale
         self.writer.append_data(np.repeat(big[..., None], 3, axis=2))
         if len(self.tb_frames) < TB_VIDEO_FRAMES:
-            self.tb_frames.append(frame)
+            self.tb_frames.append(frame.copy())   # the env may reuse its observation buffer
         self.count += 1
 
     def close(self):

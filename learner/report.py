@@ -8,8 +8,8 @@
 
 The score of a run is its final return: the mean of its last 100 training episodes (raw game score
 of whole games), as `train` reports it. Only complete runs (checkpoint at the run's frame budget)
-enter the statistics. Confidence intervals are rliable's: a percentile bootstrap over runs, stratified by game (Agarwal et
-al. 2021); the resampling is seeded, so rebuilding gives identical files.
+enter the statistics. Confidence intervals are rliable's: a percentile bootstrap over runs,
+stratified by game (Agarwal et al. 2021); the resampling is seeded, so a rebuild gives identical files.
 """
 import csv
 import json
@@ -186,7 +186,8 @@ def plot_curves(env, rows, outdir, path):
         if not ok.any():
             continue
         mean, low, high = curve_band(curves[:, ok])
-        line, = ax.plot(grid[ok], mean, label=f"{core} ({len(curves)} seeds)", marker="o" if ok.sum() < 4 else None)
+        line, = ax.plot(grid[ok], mean, label=f"{core} ({len(curves)} seeds)",
+                        marker="o" if ok.sum() < 4 else None)       # a point or two stay visible
         ax.fill_between(grid[ok], low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_title(env)
     ax.set_xlabel("environment frames")

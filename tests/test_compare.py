@@ -25,7 +25,8 @@ OUTPUTS = ("results.csv", "summary.md", "curves_CartPole-v1.png")
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_session():
-    launch.start_ray(load_config("cartpole"))
+    # 6 logical CPUs: room for two CartPole runs (2 actors + a learner each) side by side.
+    launch.start_ray(load_config("cartpole", ["run.num_actors=5"]))
     yield
     ray.shutdown()
 
@@ -133,6 +134,53 @@ def test_a_run_with_another_config_is_refused(grid, capsys):
     assert "was trained with another config (learner.lr: 0.0012 on disk, 0.5 asked for)" in err
 
 
+def test_side_by_side_drivers_on_a_ray_cluster_and_a_stale_run_restarts(tmp_path, capsys):
+    from configs import save_config
+    from learner import compare
+
+    def argv(seeds, parallel, *more):
+        return [*GRID, "--cores", "lstm", "--seeds", str(seeds), "--total-frames", "1600",
+                "--outdir", str(tmp_path), "--parallel", str(parallel), *more]
+    address = ray.get_runtime_context().gcs_address
+    assert launch.main(argv(2, 2)) == 2
+    assert "--parallel > 1 runs several drivers on one Ray cluster" in capsys.readouterr().err
+    # Three CartPole runs at once would need 3 x (2 actors + 1 learner) CPUs; the cluster has 6.
+    assert launch.main(argv(3, 3, "--address", address)) == 2
+    assert f"the Ray cluster at {address} has 6 CPUs; 3 runs side by side need 9" in capsys.readouterr().err
+    assert not (tmp_path / "CartPole-v1").exists()
+    # seed1 was started once but killed before its first checkpoint: only its config.yaml is there.
+    stale = compare.plan(tmp_path, ["CartPole-v1"], ["lstm"], 2, 1600, "cartpole",
+                         ["run.log_interval_s=0.5"])[1]
+    stale.dir.mkdir(parents=True)
+    preset = Path(launch.__file__).parent / "configs/cartpole.yaml"
+    (stale.dir / "config.yaml").write_text(preset.read_text())
+    assert launch.main(argv(2, 2, "--address", address)) == 2          # not the config asked for
+    assert "was trained with another config" in capsys.readouterr().err
+    save_config(stale.cfg, stale.dir / "config.yaml")
+    assert launch.main(argv(2, 2, "--address", address)) == 0
+    out = capsys.readouterr().out
+    assert "has no checkpoint (stopped before its first save): starting it afresh" in out
+    rows = _rows(tmp_path / "results.csv")
+    assert [(r["core"], r["seed"], r["complete"]) for r in rows] == [("lstm", "0", "True"),
+                                                                      ("lstm", "1", "True")]
+    for seed in (0, 1):
+        log = (tmp_path / f"CartPole-v1/lstm/seed{seed}/train.log").read_text()
+        assert "Connected to Ray cluster" in log and "finished at" in log
+
+
+def test_an_interrupted_comparison_stops_without_evaluating(tmp_path, monkeypatch):
+    stops = []
+
+    def interrupted(cfg, resume=False, **kwargs):
+        stops.append(cfg.run.logdir)
+        return {"frames": 0, "stopped_by": "SIGINT"}
+    monkeypatch.setattr(launch, "train", interrupted)
+    assert launch.main([*GRID, "--cores", "lstm", "--seeds", "2", "--total-frames", "1600",
+                        "--outdir", str(tmp_path)]) == 130
+    assert len(stops) == 1                                     # the second run never started
+    assert not list(tmp_path.rglob("eval.json")) and not (tmp_path / "results.csv").exists()
+
+
 def test_summarize_an_empty_directory_is_an_error(tmp_path, capsys):
     assert launch.main(["compare", "--summarize", str(tmp_path)]) == 2
     assert "no runs under" in capsys.readouterr().err
@@ -142,29 +190,37 @@ def test_summarize_an_empty_directory_is_an_error(tmp_path, capsys):
 
 def test_eval_plays_the_asked_episodes_with_the_checkpoints_agent(grid, capsys):
     run = grid["dir"] / "CartPole-v1/linear_transformer/seed1"
-    assert launch.main(["eval", "--checkpoint", str(run), "--episodes", "5", "--greedy"]) == 0
+    assert launch.main(["eval", "--checkpoint", str(run), "--episodes", "7", "--greedy"]) == 0
     out = capsys.readouterr().out
     result = json.loads((run / "eval.json").read_text())
-    assert result["episodes"] == len(result["returns"]) == 5 and result["greedy"]
+    assert result["episodes"] == len(result["returns"]) == 7 and result["greedy"]
     r = np.array(result["returns"])
     assert (result["mean"], result["std"], result["min"], result["max"]) == pytest.approx(
         (r.mean(), r.std(), r.min(), r.max()))
     assert f"mean {r.mean():.3f}" in out
-    # Independent replay: 5 envs, one game each; env k is CartPole seeded EVAL_SEED + k, stepped by
-    # hand with the checkpoint's agent acting greedily (its core reset only at the game's start).
+    # Independent replay on 5 envs (so that envs owe different numbers of games): env k, CartPole
+    # seeded EVAL_SEED + k, plays its quota of the 7 games, [2, 2, 1, 1, 1], in a row, stepped by
+    # hand with the checkpoint's agent acting greedily; at a game's first step the core resets and
+    # sees the previous game's last reward, as in training.
     agent, cfg, _ = load_agent(run / "checkpoint.pt")
+    result = evaluate(run, 7, greedy=True, num_envs=5)
     expected = []
-    for k in range(5):
+    for k, quota in enumerate([2, 2, 1, 1, 1]):
         env = gym.wrappers.FlattenObservation(gym.make("CartPole-v1"))
         obs, _ = env.reset(seed=EVAL_SEED + k)
-        state, reward, first, total, done = agent.initial_state(1), 0.0, True, 0.0, False
-        while not done:
-            action, _, state = agent.act(torch.tensor(obs[None], dtype=torch.float32),
-                                         torch.tensor([reward]), torch.tensor([first]), state,
-                                         torch.zeros(1, dtype=torch.int64), greedy=True)
-            obs, reward, terminated, truncated, _ = env.step(int(action[0]))
-            total, first, done = total + reward, False, terminated or truncated
-        expected.append(total)
+        state, reward, first = agent.initial_state(1), 0.0, True
+        for _ in range(quota):
+            total, done = 0.0, False
+            while not done:
+                action, _, state = agent.act(torch.tensor(obs[None], dtype=torch.float32),
+                                             torch.tensor([reward], dtype=torch.float32),
+                                             torch.tensor([first]), state,
+                                             torch.zeros(1, dtype=torch.int64), greedy=True)
+                obs, reward, terminated, truncated, _ = env.step(int(action[0]))
+                total, first, done = total + reward, False, terminated or truncated
+            expected.append(total)
+            obs, _ = env.reset()          # SyncVectorEnv's autoreset: no new seed
+            first = True
     assert result["returns"] == expected
     assert result["lengths"] == [int(x) for x in expected]       # CartPole: reward 1 per step
 
