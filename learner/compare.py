@@ -186,8 +186,8 @@ def _check_room(todo, address, parallel):
     needs = sorted((r.cfg.run.num_actors * r.cfg.run.actor_cpus + 1 for r in todo), reverse=True)
     if todo and sum(needs[:parallel]) > cpus:
         fits = max(1, int(cpus // needs[0]))
-        raise CompareError(f"the Ray cluster at {address} has {cpus:g} CPUs; {min(parallel, len(todo))} runs "
-                           f"side by side need {sum(needs[:parallel]):g} (each run.num_actors x "
+        raise CompareError(f"the Ray cluster at {address} has {cpus:g} CPUs; "
+                           f"{min(parallel, len(todo))} runs side by side need {sum(needs[:parallel]):g} (each run.num_actors x "
                            f"run.actor_cpus + 1 for its learner), and drivers short of CPUs would wait "
                            f"on each other for ever: use --parallel {fits} or add nodes")
 
@@ -226,6 +226,9 @@ def _train_side_by_side(todo, states, address, parallel, actions, log):
                 if proc.returncode != 0:
                     failed.append(run)
                     log(f"compare: {run.dir} failed (exit {proc.returncode}); see {run.dir / 'train.log'}")
+                elif status(run) != "done":     # a child stopped by a signal exits 0 after saving
+                    actions[run.dir] = "interrupted"
+                    log(f"compare: {run.dir} stopped short of its frame budget; see {run.dir / 'train.log'}")
                 else:
                     actions[run.dir] = "resumed" if states[run.dir] == "partial" else "trained"
     except KeyboardInterrupt:
