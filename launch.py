@@ -1,9 +1,14 @@
-"""The command line: train (eval, compare and bench join it in their own modules).
+"""The command line: train, eval and compare (the work of the last two lives in learner/evaluate.py,
+learner/compare.py and learner/report.py).
 
     python launch.py train --config configs/atari_cpu.yaml
     python launch.py train --env popgym-RepeatPreviousEasy-v0 --core rdn --total-frames 2e6
     python launch.py train --logdir runs/pong-rdn --resume          # continue where it stopped
     python launch.py train --address auto ...                      # on a running Ray cluster
+    python launch.py eval --checkpoint runs/pong-rdn --episodes 10 [--greedy] [--video]
+    python launch.py compare --config popgym_repeat_previous --envs popgym-RepeatPreviousEasy-v0 \
+        --cores lstm rdn --seeds 3 --outdir runs/cmp                # then runs/cmp/summary.md
+    python launch.py compare --summarize runs/cmp                   # rebuild table and plots
 
 Bad input (unknown env id, core, config key, a value of the wrong type, a log directory that
 holds another run) stops here, before Ray starts, with a message naming the valid choices.
@@ -41,8 +46,7 @@ def _count(text):
 def resolve_train_config(args):
     """The resolved Config for `train` from the preset, the flags and --set, all checked; raises
     UsageError (or ConfigError) before anything heavy starts."""
-    from actors.envs import check_env_id
-    from configs import ConfigError, load_config
+    from configs import load_config
 
     overrides = list(args.set or [])
     flags = {"env.id": args.env, "model.core": args.core, "run.total_frames": args.total_frames,
@@ -70,6 +74,14 @@ def resolve_train_config(args):
         if (Path(cfg.run.logdir) / "config.yaml").exists():
             raise UsageError(f"--logdir {cfg.run.logdir} already holds a run (config.yaml); pass --resume to "
                              "continue it, or choose another --logdir")
+    check_train_config(cfg)
+    return cfg
+
+
+def check_train_config(cfg):
+    """UsageError or ConfigError unless `cfg` can be trained (known env id, positive sizes)."""
+    from actors.envs import check_env_id
+    from configs import ConfigError
     try:
         check_env_id(cfg.env.id)
     except ValueError as e:
@@ -86,7 +98,6 @@ def resolve_train_config(args):
     if cfg.env.num_envs % cfg.env.env_batches:
         raise ConfigError(f"env.num_envs ({cfg.env.num_envs}) must be a multiple of env.env_batches "
                           f"({cfg.env.env_batches})")
-    return cfg
 
 
 # -- Ray ----------------------------------------------------------------------------------------
@@ -244,6 +255,62 @@ def cmd_train(args):
     return 0
 
 
+def cmd_eval(args):
+    from learner.checkpoint import CheckpointError
+    from learner.evaluate import EVAL_SEED, evaluate
+    if args.episodes < 1:
+        raise UsageError(f"--episodes must be at least 1, got {args.episodes}")
+    try:
+        result = evaluate(args.checkpoint, args.episodes, greedy=args.greedy, video=args.video,
+                          seed=EVAL_SEED if args.seed is None else args.seed)
+    except CheckpointError:
+        raise
+    except ValueError as e:   # --video on vector observations
+        raise UsageError(str(e)) from None
+    print(f"{result['env']} ({result['core']}, {result['frames']:,} frames), {result['episodes']} episodes"
+          f"{' (greedy)' if args.greedy else ''}: mean {result['mean']:.3f}  std {result['std']:.3f}  "
+          f"min {result['min']:.3f}  max {result['max']:.3f}")
+    written = [str(Path(result["checkpoint"]).parent / "eval.json")] + \
+        ([result["video"]] if "video" in result else [])
+    print("written: " + ", ".join(written))
+    return 0
+
+
+def cmd_compare(args):
+    from learner import compare, report
+    if args.summarize:
+        if args.envs or args.cores:
+            raise UsageError("--summarize rebuilds the outputs from the runs already in DIR; "
+                             "drop --envs/--cores")
+        outdir = Path(args.summarize)
+    else:
+        missing = [flag for flag, value in (("--envs", args.envs), ("--cores", args.cores),
+                                            ("--outdir", args.outdir)) if not value]
+        if missing:
+            raise UsageError(f"compare needs {', '.join(missing)} (or --summarize DIR)")
+        if args.seeds < 1 or args.parallel < 1:
+            raise UsageError("--seeds and --parallel must be at least 1")
+        runs = compare.plan(args.outdir, args.envs, args.cores, args.seeds, args.total_frames,
+                            args.config, args.set or [])
+        for run in runs:
+            check_train_config(run.cfg)
+        try:
+            actions = compare.run_grid(runs, train, start_ray, address=args.address, parallel=args.parallel,
+                                       eval_episodes=args.eval_episodes, eval_greedy=args.eval_greedy,
+                                       progress=not args.no_progress)
+        except compare.CompareError as e:
+            raise UsageError(str(e)) from None
+        if "interrupted" in actions.values():
+            return 130
+        outdir = Path(args.outdir)
+    try:
+        written = report.write_outputs(outdir)
+    except report.ReportError as e:
+        raise UsageError(str(e)) from None
+    print("written: " + ", ".join(str(p) for p in written))
+    return 0
+
+
 # -- the parser ---------------------------------------------------------------------------------
 
 def build_parser():
@@ -265,6 +332,35 @@ def build_parser():
                    help="any config value, e.g. --set learner.lr=3e-4 (repeatable)")
     t.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="play N whole episodes with a checkpoint; mean/std/min/max -> eval.json")
+    e.add_argument("--checkpoint", required=True, help="a run directory or its checkpoint.pt")
+    e.add_argument("--episodes", type=_count, default=10, help="whole games to play (default 10)")
+    e.add_argument("--greedy", action="store_true", help="take the most likely action instead of sampling")
+    e.add_argument("--video", action="store_true",
+                   help="also film one game (image observations) to eval.mp4, and to TensorBoard")
+    e.add_argument("--seed", type=_count, help="seed of the env and of the sampled actions")
+    e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("compare", help="train every (env, core, seed), then results.csv, summary.md, "
+                                       "curves_<env>.png; re-run to finish what is missing")
+    c.add_argument("--envs", nargs="+", metavar="ID", help="env ids (as for train --env)")
+    c.add_argument("--cores", nargs="+", metavar="NAME", help="cores, e.g. lstm rdn delta_net")
+    c.add_argument("--seeds", type=_count, default=3, help="seeds 0..N-1 per (env, core) (default 3)")
+    c.add_argument("--total-frames", type=_count, help="frame budget of every run (default: the config's)")
+    c.add_argument("--outdir", help="directory of the comparison: DIR/<env>/<core>/seed<k>")
+    c.add_argument("--config", help="YAML preset every run starts from")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="config value for every run (repeatable)")
+    c.add_argument("--eval-episodes", type=_count, default=10,
+                   help="episodes to evaluate each finished run on (default 10; 0: none)")
+    c.add_argument("--eval-greedy", action="store_true", help="evaluate with greedy actions")
+    c.add_argument("--address", help="Ray cluster to run on (default: start Ray here)")
+    c.add_argument("--parallel", type=_count, default=1,
+                   help="runs side by side on the --address cluster (default 1: one after the other)")
+    c.add_argument("--summarize", metavar="DIR", help="only rebuild the outputs from the runs in DIR")
+    c.add_argument("--no-progress", action="store_true", help="log lines instead of progress bars")
+    c.set_defaults(func=cmd_compare)
     return parser
 
 

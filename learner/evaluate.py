@@ -1,0 +1,184 @@
+"""Evaluate a checkpoint: play N whole episodes with the agent it holds and its own config.
+
+    result = evaluate("runs/pong-rdn", episodes=10)          # a run directory or a checkpoint file
+    result["mean"], result["returns"]                          # also written to <run>/eval.json
+    evaluate("runs/pong-rdn", 1, video=True)                   # + <run>/eval.mp4 (and TensorBoard)
+
+Scores are what the env reports per game (actors/envs.py): raw game scores summed over all lives,
+whole games up to the env's frame cap (env.max_episode_frames, 108k frames for Atari), whatever
+episodic-life setting resets the core meanwhile. The agent acts exactly as in training (its core is
+reset where the env says `first`, also at a life loss when the run was trained that way).
+
+Unbiased episode counts: with M envs in parallel, taking the first N games to finish would favour
+short ones. Instead env k is given a fixed quota of the N games (N // M, one more for the first
+N % M envs) and only its first `quota[k]` games count; envs that met theirs keep stepping unheeded.
+"""
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoint
+from .checkpoint import CheckpointError
+
+EVAL_SEED = 1_000_000_007   # env seeds from here on; far from the training envs' seeds of small runs
+VIDEO_SCALE = 4             # 84x84 frames become 336x336 (a multiple of 16, as H.264 wants)
+TB_VIDEO_FRAMES = 600       # TensorBoard gets the first 600 frames (40 s at 15 fps) as a GIF
+
+
+def checkpoint_path(path):
+    """A run directory or a checkpoint file -> the checkpoint file's path."""
+    path = Path(path)
+    return path / "checkpoint.pt" if path.is_dir() else path
+
+
+def load_agent(path):
+    """(agent in eval mode, Config, payload) from the checkpoint at `path`; CheckpointError if unusable."""
+    from agents import Agent
+    from configs import ConfigError, config_from_dict
+    from actors.envs import make_env
+
+    payload = checkpoint.read(path)
+    try:
+        cfg = config_from_dict(payload["config"], source=f"{path} (its config)")
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {path}: its config is unusable: {e}") from None
+    env = make_env(_eval_env_config(cfg, 1), 1, 0)   # one throwaway env for the spaces
+    try:
+        agent = Agent(env.observation_space, env.num_actions, cfg)
+    finally:
+        env.close()
+    try:
+        agent.load_state_dict(payload["model"])
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"checkpoint {path}: its weights do not fit the agent its config "
+                              f"describes: {str(e).splitlines()[0]}") from None
+    agent.eval()
+    return agent, cfg, payload
+
+
+def _eval_env_config(cfg, num_envs):
+    import dataclasses
+    # One synchronous group, and env threads for the CPUs this process may use.
+    return dataclasses.replace(cfg.env, num_envs=num_envs, env_batches=1, num_threads=0)
+
+
+def play(agent, cfg, episodes, greedy=False, seed=EVAL_SEED, num_envs=None, on_frame=None):
+    """Play `episodes` whole games; returns (returns, lengths), lists in env order (env 0's games
+    first). `on_frame(obs)` sees env 0's observations until its first game ends (for videos)."""
+    from actors.envs import make_env
+
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    n = min(episodes, num_envs or cfg.env.num_envs)
+    env = make_env(_eval_env_config(cfg, n), n, seed)
+    quota = [episodes // n + (k < episodes % n) for k in range(n)]
+    games = [[] for _ in range(n)]
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)   # the sampled actions
+            obs = env.reset()
+            state = agent.initial_state(n)
+            reward = np.zeros(n, np.float32)
+            first = np.ones(n, bool)
+            last_action = np.zeros(n, np.int64)
+            filming = on_frame is not None
+            while any(len(g) < q for g, q in zip(games, quota)):
+                if filming:
+                    on_frame(obs[0])
+                action, _, state = agent.act(torch.from_numpy(obs), torch.from_numpy(reward),
+                                             torch.from_numpy(first), state,
+                                             torch.from_numpy(last_action), greedy=greedy)
+                action = action.numpy()
+                obs, reward, first, finished = env.step(action)
+                last_action = np.where(first, 0, action)   # as the rollout worker feeds it
+                for k, ret, length in finished:
+                    if len(games[k]) < quota[k]:
+                        games[k].append((ret, length))
+                    if k == 0:
+                        filming = False
+    finally:
+        env.close()
+    played = [game for g in games for game in g]
+    return [r for r, _ in played], [n for _, n in played]
+
+
+class _Video:
+    """Streams env 0's frames to an MP4 (imageio + its ffmpeg) and keeps the first ones for TensorBoard."""
+
+    def __init__(self, path, fps):
+        import imageio.v2 as imageio
+        self.path, self.fps = path, fps
+        self.writer = imageio.get_writer(path, format="FFMPEG", fps=fps, codec="libx264",
+                                         macro_block_size=16, ffmpeg_log_level="error")
+        self.tb_frames = []
+        self.count = 0
+
+    def __call__(self, obs):
+        frame = np.asarray(obs)[-1]                                   # newest frame of the stack
+        big = frame.repeat(VIDEO_SCALE, 0).repeat(VIDEO_SCALE, 1)     # nearest-neighbour upscale
+        self.writer.append_data(np.repeat(big[..., None], 3, axis=2))
+        if len(self.tb_frames) < TB_VIDEO_FRAMES:
+            self.tb_frames.append(frame.copy())   # the env may reuse its observation buffer
+        self.count += 1
+
+    def close(self):
+        self.writer.close()
+
+
+def _write_tensorboard_video(logdir, frames, fps, step):
+    """Add the frames as an animated GIF under the tag eval/video (what SummaryWriter.add_video
+    writes, without its moviepy dependency)."""
+    import imageio.v3 as iio
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from torch.utils.tensorboard import SummaryWriter
+
+    gif = iio.imwrite("<bytes>", np.stack(frames), extension=".gif", duration=1000 / fps, loop=0)
+    h, w = frames[0].shape
+    image = Summary.Image(height=h, width=w, colorspace=1, encoded_image_string=gif)
+    with SummaryWriter(log_dir=str(logdir)) as writer:
+        writer.file_writer.add_summary(Summary(value=[Summary.Value(tag="eval/video", image=image)]), step)
+
+
+def _write_json_atomic(data, path):
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def evaluate(path, episodes, greedy=False, video=False, seed=EVAL_SEED, num_envs=None):
+    """Play `episodes` games with the checkpoint at `path` (a run directory or the file); write
+    eval.json (and eval.mp4 with `video`) beside it and return the same dict: episodes, mean, std
+    (population, ddof=0), min, max, returns, lengths, greedy, seed, frames (the checkpoint's)."""
+    path = checkpoint_path(path)
+    agent, cfg, payload = load_agent(path)
+    recorder = None
+    if video:
+        if len(agent.obs_shape) != 3 or agent.obs_dtype != "uint8":
+            raise ValueError(f"--video films image observations (Atari); {cfg.env.id} observes "
+                             f"{agent.obs_dtype} vectors of shape {agent.obs_shape}")
+        # Agent steps per second of game time: the ALE runs at 60 frames/s.
+        recorder = _Video(str(path.parent / "eval.mp4"), fps=60 / cfg.env.frame_skip)
+    try:
+        returns, lengths = play(agent, cfg, episodes, greedy, seed, num_envs,
+                                on_frame=recorder)
+    finally:
+        if recorder is not None:
+            recorder.close()
+    r = np.asarray(returns, np.float64)
+    result = {"checkpoint": str(path), "env": cfg.env.id, "core": cfg.model.core,
+              "frames": payload["counters"]["frames"], "episodes": len(returns), "greedy": greedy,
+              "seed": seed, "mean": float(r.mean()), "std": float(r.std()), "min": float(r.min()),
+              "max": float(r.max()), "returns": [float(x) for x in returns], "lengths": lengths}
+    if recorder is not None:
+        result["video"] = recorder.path
+        if any(p.name.startswith("events.out.tfevents") for p in path.parent.iterdir()):
+            _write_tensorboard_video(path.parent, recorder.tb_frames, recorder.fps, result["frames"])
+            result["video_tensorboard"] = "eval/video"
+    _write_json_atomic(result, path.parent / "eval.json")
+    return result

@@ -1,0 +1,279 @@
+"""The outputs of a comparison, rebuilt from the run directories under DIR (learner/compare.py):
+
+- DIR/results.csv      one row per run found (complete or not)
+- DIR/summary.md       per env, each core's mean score over seeds with a 95% bootstrap CI, its
+                       difference to and ratio to the LSTM; for Atari also human-normalised scores
+                       and, across games, median and IQM
+- DIR/curves_<env>.png return against frames, one line per core with its 95% CI band
+
+The score of a run is its final return: the mean of its last 100 training episodes (raw game score
+of whole games), as `train` reports it. Only complete runs (checkpoint at the run's frame budget)
+enter the statistics. Confidence intervals are rliable's: a percentile bootstrap over runs,
+stratified by game (Agarwal et al. 2021); the resampling is seeded, so a rebuild gives identical files.
+"""
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from fwp_core import CORES
+
+from . import checkpoint
+from .atari_scores import atari_game, human_normalized
+
+REPS = 10_000           # bootstrap resamples for the tables
+CURVE_REPS = 2_000      # per point of a curve
+CURVE_POINTS = 60
+WINDOW = 100            # episodes in a final return / a point of a curve
+COLUMNS = ["env", "core", "seed", "frames", "total_frames", "complete", "final_return", "eval_return",
+           "eval_episodes", "wall_time_s", "frames_per_s", "run_dir"]
+
+
+class ReportError(ValueError):
+    """Nothing to report on; the message says what was looked for."""
+
+
+# -- collecting runs ----------------------------------------------------------------------------
+
+def find_runs(outdir):
+    """Run directories under outdir (DIR/<env>/<core>/seed<k> holding config.yaml and checkpoint.pt)."""
+    return sorted(p.parent for p in Path(outdir).glob("*/*/seed*/checkpoint.pt"))
+
+
+def read_run(run_dir, outdir):
+    """One results.csv row (a dict) from a run directory's config.yaml, checkpoint and eval.json."""
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    payload = checkpoint.read(run_dir / "checkpoint.pt")
+    frames, extra = payload["counters"]["frames"], payload["extra"]
+    recent = list(extra.get("recent_returns", []))
+    wall = float(extra.get("wall_time_s", 0.0))
+    row = {"env": cfg["env"]["id"], "core": cfg["model"]["core"], "seed": int(cfg["run"]["seed"]),
+           "frames": frames, "total_frames": int(cfg["run"]["total_frames"]),
+           "complete": frames >= int(cfg["run"]["total_frames"]),
+           "final_return": float(np.mean(recent)) if recent else None,
+           "eval_return": None, "eval_episodes": 0, "wall_time_s": round(wall, 1),
+           "frames_per_s": round(frames / wall, 1) if wall > 0 else None,
+           "run_dir": str(run_dir.relative_to(outdir))}
+    eval_json = run_dir / "eval.json"
+    if eval_json.is_file():
+        result = json.loads(eval_json.read_text())
+        if result.get("frames") == frames:   # an evaluation of an earlier checkpoint does not count
+            row["eval_return"], row["eval_episodes"] = result["mean"], result["episodes"]
+    return row
+
+
+def _core_order(core):
+    names = list(CORES)
+    return (names.index(core) if core in names else len(names), core)
+
+
+def collect(outdir):
+    rows = [read_run(d, Path(outdir)) for d in find_runs(outdir)]
+    if not rows:
+        raise ReportError(f"no runs under {outdir} (looked for {outdir}/<env>/<core>/seed<k>/checkpoint.pt)")
+    return sorted(rows, key=lambda r: (r["env"], _core_order(r["core"]), r["seed"]))
+
+
+def write_results_csv(rows, path):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row[k] is None else row[k] for k in COLUMNS})
+
+
+# -- statistics ---------------------------------------------------------------------------------
+# rliable's estimators (Agarwal et al. 2021): a percentile bootstrap over runs, stratified by game
+# (each game's runs resampled on their own), of the mean, the median of per-game means and the IQM.
+# The aggregates come from rliable.metrics; the resampling from scipy.stats.bootstrap, because
+# rliable.library's bootstrap (on arch) works with neither arch 8 (it passes arch's removed
+# `random_state` argument) nor arch 7 under pandas 3 (arch 7 fails to import).
+
+def _bootstrap(samples, statistic, reps):
+    """(point, low, high) of statistic(*samples) with a 95% percentile bootstrap, each sample (1-D,
+    one value per run) resampled independently; seeded, so a rebuild gives the same numbers."""
+    from scipy.stats import bootstrap
+    samples = [np.asarray(x, np.float64) for x in samples]
+    point = float(statistic(*samples))
+    if all(len(x) < 2 for x in samples) or all(np.ptp(x) == 0 for x in samples):
+        return point, point, point    # nothing to resample: the interval is the point
+    ci = bootstrap(samples, statistic, n_resamples=reps, vectorized=False, method="percentile",
+                   confidence_level=0.95, rng=np.random.default_rng(0)).confidence_interval
+    return point, float(ci.low), float(ci.high)
+
+
+def mean_ci(scores, reps=REPS):
+    """(mean, low, high): the mean of `scores` (one per run) and its 95% bootstrap CI."""
+    return _bootstrap([scores], np.mean, reps)
+
+
+def difference_ci(scores, baseline, reps=REPS):
+    """(mean(scores) - mean(baseline), low, high), the two sets of runs resampled independently."""
+    return _bootstrap([scores, baseline], lambda a, b: np.mean(a) - np.mean(b), reps)
+
+
+def aggregate_ci(matrix, reps=REPS):
+    """Median and IQM of a runs x games matrix of human-normalised scores, each (point, low, high):
+    rliable.metrics.aggregate_median (median over games of the per-game mean) and aggregate_iqm
+    (25%-trimmed mean over all runs and games)."""
+    from rliable import metrics
+    games = list(np.asarray(matrix, np.float64).T)
+    stack = lambda *g: np.stack(g, axis=1)   # noqa: E731  back to runs x games
+    return {"median": _bootstrap(games, lambda *g: metrics.aggregate_median(stack(*g)), reps),
+            "iqm": _bootstrap(games, lambda *g: metrics.aggregate_iqm(stack(*g)), reps)}
+
+
+def curve(run_dir, grid):
+    """At each frame count of `grid`, the mean return of the last WINDOW episodes finished by then
+    (NaN before the first); read from the run's episodes.csv."""
+    frames, returns = [], []
+    path = Path(run_dir) / "episodes.csv"
+    if path.is_file():
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                frames.append(int(row["frames"]))
+                returns.append(float(row["return"]))
+    frames, returns = np.asarray(frames), np.asarray(returns, np.float64)
+    out = np.full(len(grid), np.nan)
+    cum = np.concatenate([[0.0], np.cumsum(returns)])
+    for i, x in enumerate(grid):
+        n = int(np.searchsorted(frames, x, side="right"))   # episodes finished by frame x
+        if n:
+            k = min(n, WINDOW)
+            out[i] = (cum[n] - cum[n - k]) / k
+    return out
+
+
+def curve_band(curves, reps=CURVE_REPS):
+    """Mean over runs and its 95% bootstrap CI at each point; curves: runs x points without NaN."""
+    from scipy.stats import bootstrap
+    c = np.asarray(curves, np.float64)
+    mean = c.mean(axis=0)
+    if len(c) < 2:
+        return mean, mean, mean
+    ci = bootstrap((c,), np.mean, axis=0, n_resamples=reps, method="percentile", confidence_level=0.95,
+                   rng=np.random.default_rng(0)).confidence_interval
+    # A point where every run agrees has no spread (scipy gives NaN there).
+    return mean, np.where(np.isnan(ci.low), mean, ci.low), np.where(np.isnan(ci.high), mean, ci.high)
+
+
+# -- outputs ------------------------------------------------------------------------------------
+
+def _fmt(x, digits=3):
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.{digits}g}" if abs(x) >= 1000 else f"{x:.{digits}f}"
+
+
+def _ci(point, low, high):
+    return f"{_fmt(point)} [{_fmt(low)}, {_fmt(high)}]"
+
+
+def plot_curves(env, rows, outdir, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    last = min(r["frames"] for r in rows)   # every run reached it (the last batch may overshoot the budget)
+    grid = np.linspace(last / CURVE_POINTS, last, CURVE_POINTS)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    for core in sorted({r["core"] for r in rows}, key=_core_order):
+        curves = np.stack([curve(Path(outdir) / r["run_dir"], grid) for r in rows if r["core"] == core])
+        ok = ~np.isnan(curves).any(axis=0)                  # points where every seed has episodes
+        if not ok.any():
+            continue
+        mean, low, high = curve_band(curves[:, ok])
+        line, = ax.plot(grid[ok], mean, label=f"{core} ({len(curves)} seeds)",
+                        marker="o" if ok.sum() < 4 else None)       # a point or two stay visible
+        ax.fill_between(grid[ok], low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_title(env)
+    ax.set_xlabel("environment frames")
+    ax.set_ylabel(f"return (mean of the last {WINDOW} episodes)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def summary_markdown(rows, outdir):
+    lines = [f"# Comparison of cores: {Path(outdir).name}", "",
+             f"Score: final return, the mean of the last {WINDOW} training episodes of a run (raw game "
+             "score). Mean over seeds with its 95% CI: percentile bootstrap over seeds ("
+             f"{REPS:,} resamples). Δ vs lstm: difference of means, seeds of both cores resampled "
+             "independently. Ratio: mean / lstm mean (n/a unless the lstm mean is positive). Eval: "
+             "mean over seeds of each run's evaluation return (eval.json). Only complete runs count.", ""]
+    complete = [r for r in rows if r["complete"] and r["final_return"] is not None]
+    atari = {}   # core -> {env: [normalised scores]}
+    for env in sorted({r["env"] for r in rows}):
+        env_rows = [r for r in complete if r["env"] == env]
+        lines += [f"## {env}", ""]
+        if not env_rows:
+            lines += ["No complete runs yet.", ""]
+            continue
+        hns = atari_game(env) is not None
+        head = ["core", "seeds", "frames", "final return [95% CI]", "Δ vs lstm [95% CI]", "ratio to lstm"]
+        head += ["human-normalised [95% CI]"] if hns else []
+        head += ["eval return", "frames/s"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        by_core = {}
+        for r in env_rows:
+            by_core.setdefault(r["core"], []).append(r)
+        lstm = [r["final_return"] for r in by_core.get("lstm", [])]
+        lstm_mean = float(np.mean(lstm)) if lstm else None
+        for core in sorted(by_core, key=_core_order):
+            runs = by_core[core]
+            scores = [r["final_return"] for r in runs]
+            m = mean_ci(scores)
+            cells = [core, str(len(runs)), f"{min(r['frames'] for r in runs):,}", _ci(*m)]
+            if lstm and core != "lstm":
+                cells.append(_ci(*difference_ci(scores, lstm)))
+                cells.append(_fmt(m[0] / lstm_mean, 2) + "x" if lstm_mean > 0 else "n/a")
+            else:
+                cells += ["—", "1.00x" if core == "lstm" and lstm_mean > 0 else "—"]
+            if hns:
+                normalised = [human_normalized(env, s) for s in scores]
+                cells.append(_ci(*mean_ci(normalised)))
+                atari.setdefault(core, {})[env] = normalised
+            evals = [r["eval_return"] for r in runs if r["eval_return"] is not None]
+            cells.append(f"{_fmt(float(np.mean(evals)))} ({len(evals)} runs)" if evals else "n/a")
+            rates = [r["frames_per_s"] for r in runs if r["frames_per_s"]]
+            cells.append(f"{np.mean(rates):,.0f}" if rates else "n/a")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", f"![curves](curves_{env.replace('/', '_')}.png)", ""]
+    if atari:
+        lines += ["## Atari: human-normalised, across games", "",
+                  "Median and IQM (rliable's aggregate_median / aggregate_iqm) of runs x games; a core's "
+                  "games are those with complete runs, each cut to the fewest seeds among them.", "",
+                  "| core | games | seeds | median [95% CI] | IQM [95% CI] |", "|---|---|---|---|---|"]
+        for core in sorted(atari, key=_core_order):
+            games = sorted(atari[core])
+            seeds = min(len(atari[core][g]) for g in games)
+            matrix = np.array([atari[core][g][:seeds] for g in games]).T   # runs x games
+            agg = aggregate_ci(matrix)
+            lines.append(f"| {core} | {len(games)} | {seeds} | {_ci(*agg['median'])} | {_ci(*agg['iqm'])} |")
+        lines.append("")
+    partial = [r for r in rows if not r["complete"]]
+    if partial:
+        lines += ["Incomplete runs (left out above): " + ", ".join(
+            f"{r['run_dir']} ({r['frames']:,}/{r['total_frames']:,} frames)" for r in partial), ""]
+    return "\n".join(lines)
+
+
+def write_outputs(outdir):
+    """Write results.csv, summary.md and curves_<env>.png under outdir; returns their paths."""
+    outdir = Path(outdir)
+    rows = collect(outdir)
+    written = [outdir / "results.csv", outdir / "summary.md"]
+    write_results_csv(rows, written[0])
+    written[1].write_text(summary_markdown(rows, outdir))
+    for env in sorted({r["env"] for r in rows}):
+        env_rows = [r for r in rows if r["env"] == env and r["complete"]]
+        if env_rows:
+            path = outdir / f"curves_{env.replace('/', '_')}.png"
+            plot_curves(env, env_rows, outdir, path)
+            written.append(path)
+    return written

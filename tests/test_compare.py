@@ -1,0 +1,323 @@
+"""launch.py compare and eval end to end on CartPole (one Ray session for the module), and the
+statistics of the summary against independent computations."""
+import csv
+import itertools
+import json
+import os
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import ray
+import torch
+
+import launch
+from configs import load_config
+from learner import checkpoint, report
+from learner.atari_scores import SCORES, human_normalized
+from learner.evaluate import EVAL_SEED, evaluate, load_agent
+
+GRID = ["compare", "--config", "cartpole", "--envs", "CartPole-v1", "--eval-episodes", "3",
+        "--no-progress", "--set", "run.log_interval_s=0.5"]
+OUTPUTS = ("results.csv", "summary.md", "curves_CartPole-v1.png")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():
+    # 6 logical CPUs: room for two CartPole runs (2 actors + a learner each) side by side.
+    launch.start_ray(load_config("cartpole", ["run.num_actors=5"]))
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """A 1-run comparison (lstm, seed 0, 1600 frames), then the full grid (lstm and
+    linear_transformer, seeds 0 and 1, 3200 frames) in the same directory: the first run must be
+    resumed, the three others trained."""
+    outdir = tmp_path_factory.mktemp("cmp")
+    calls = []
+    real_train = launch.train
+
+    def spy(cfg, resume=False, **kwargs):
+        calls.append((Path(cfg.run.logdir).relative_to(outdir).as_posix(), resume))
+        return real_train(cfg, resume=resume, **kwargs)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(launch, "train", spy)
+    assert launch.main([*GRID, "--cores", "lstm", "--seeds", "1", "--total-frames", "1600",
+                        "--outdir", str(outdir)]) == 0
+    first = checkpoint.read(outdir / "CartPole-v1/lstm/seed0/checkpoint.pt")["counters"]["frames"]
+    assert calls == [("CartPole-v1/lstm/seed0", False)]
+    calls.clear()
+    assert launch.main([*GRID, "--cores", "lstm", "linear_transformer", "--seeds", "2",
+                        "--total-frames", "3200", "--outdir", str(outdir)]) == 0
+    mp.undo()
+    return {"dir": outdir, "calls": list(calls), "first_frames": first, "spy": spy}
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_grid_trains_missing_runs_and_resumes_the_partial_one(grid):
+    d = grid["dir"]
+    assert sorted(grid["calls"]) == sorted([
+        ("CartPole-v1/lstm/seed0", True), ("CartPole-v1/lstm/seed1", False),
+        ("CartPole-v1/linear_transformer/seed0", False), ("CartPole-v1/linear_transformer/seed1", False)])
+    # The resumed run continued its own episode log past the first budget.
+    frames = [int(r["frames"]) for r in _rows(d / "CartPole-v1/lstm/seed0/episodes.csv")]
+    assert min(frames) <= grid["first_frames"] < max(frames)
+    assert 1600 <= grid["first_frames"] < 3200
+
+
+def test_results_csv_has_one_right_row_per_run(grid):
+    d = grid["dir"]
+    rows = _rows(d / "results.csv")
+    assert [(r["env"], r["core"], r["seed"]) for r in rows] == [
+        ("CartPole-v1", core, str(seed)) for core in ("lstm", "linear_transformer") for seed in (0, 1)]
+    for r in rows:
+        run = d / r["run_dir"]
+        payload = checkpoint.read(run / "checkpoint.pt")
+        assert int(r["frames"]) == payload["counters"]["frames"] >= 3200 and r["complete"] == "True"
+        # final return: the last 100 games of the run's own episode log (written apart from the checkpoint)
+        returns = [float(e["return"]) for e in _rows(run / "episodes.csv")][-100:]
+        assert float(r["final_return"]) == pytest.approx(np.mean(returns))
+        ev = json.loads((run / "eval.json").read_text())
+        assert float(r["eval_return"]) == pytest.approx(ev["mean"]) and int(r["eval_episodes"]) == 3
+        wall = payload["extra"]["wall_time_s"]
+        assert float(r["frames_per_s"]) == pytest.approx(int(r["frames"]) / wall, rel=1e-2)
+
+
+def test_summary_table_and_plot(grid):
+    d = grid["dir"]
+    text = (d / "summary.md").read_text()
+    rows = _rows(d / "results.csv")
+    assert "## CartPole-v1" in text and "![curves](curves_CartPole-v1.png)" in text
+    for core in ("lstm", "linear_transformer"):
+        line = next(line for line in text.splitlines() if line.startswith(f"| {core} |"))
+        mean = np.mean([float(r["final_return"]) for r in rows if r["core"] == core])
+        assert f"| {core} | 2 | " in line and f"{mean:.3f} [" in line, line
+    lt = np.mean([float(r["final_return"]) for r in rows if r["core"] == "linear_transformer"])
+    lstm = np.mean([float(r["final_return"]) for r in rows if r["core"] == "lstm"])
+    assert f"{lt - lstm:.3f} [" in text and f"{lt / lstm:.2f}x" in text
+    png = (d / "curves_CartPole-v1.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_rerun_skips_finished_runs_and_summarize_rebuilds_the_same_outputs(grid, monkeypatch):
+    d = grid["dir"]
+    watched = sorted(d.glob("*/*/seed*/*"))
+    before = {p: p.stat().st_mtime_ns for p in watched}
+    outputs = {name: (d / name).read_bytes() for name in OUTPUTS}
+    calls = []
+    monkeypatch.setattr(launch, "train", lambda *a, **k: calls.append(a))
+    assert launch.main([*GRID, "--cores", "lstm", "linear_transformer", "--seeds", "2",
+                        "--total-frames", "3200", "--outdir", str(d)]) == 0
+    assert calls == []                                                  # nothing trained
+    assert {p: p.stat().st_mtime_ns for p in watched} == before         # nor evaluated again
+    assert sorted(d.glob("*/*/seed*/*")) == watched
+    for name in OUTPUTS:
+        (d / name).unlink()
+    assert launch.main(["compare", "--summarize", str(d)]) == 0
+    for name in OUTPUTS[:2]:
+        assert (d / name).read_bytes() == outputs[name], name
+    assert (d / OUTPUTS[2]).is_file()
+
+
+def test_a_run_with_another_config_is_refused(grid, capsys):
+    assert launch.main([*GRID, "--cores", "lstm", "--seeds", "1", "--total-frames", "3200",
+                        "--outdir", str(grid["dir"]), "--set", "learner.lr=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "was trained with another config (learner.lr: 0.0012 on disk, 0.5 asked for)" in err
+
+
+def test_side_by_side_drivers_on_a_ray_cluster_and_a_stale_run_restarts(tmp_path, capsys):
+    from configs import save_config
+    from learner import compare
+
+    def argv(seeds, parallel, *more):
+        return [*GRID, "--cores", "lstm", "--seeds", str(seeds), "--total-frames", "1600",
+                "--outdir", str(tmp_path), "--parallel", str(parallel), *more]
+    address = ray.get_runtime_context().gcs_address
+    assert launch.main(argv(2, 2)) == 2
+    assert "--parallel > 1 runs several drivers on one Ray cluster" in capsys.readouterr().err
+    # Three CartPole runs at once would need 3 x (2 actors + 1 learner) CPUs; the cluster has 6.
+    assert launch.main(argv(3, 3, "--address", address)) == 2
+    assert f"the Ray cluster at {address} has 6 CPUs; 3 runs side by side need 9" in capsys.readouterr().err
+    assert not (tmp_path / "CartPole-v1").exists()
+    # seed1 was started once but killed before its first checkpoint: only its config.yaml is there.
+    stale = compare.plan(tmp_path, ["CartPole-v1"], ["lstm"], 2, 1600, "cartpole",
+                         ["run.log_interval_s=0.5"])[1]
+    stale.dir.mkdir(parents=True)
+    preset = Path(launch.__file__).parent / "configs/cartpole.yaml"
+    (stale.dir / "config.yaml").write_text(preset.read_text())
+    assert launch.main(argv(2, 2, "--address", address)) == 2          # not the config asked for
+    assert "was trained with another config" in capsys.readouterr().err
+    save_config(stale.cfg, stale.dir / "config.yaml")
+    assert launch.main(argv(2, 2, "--address", address)) == 0
+    out = capsys.readouterr().out
+    assert "has no checkpoint (stopped before its first save): starting it afresh" in out
+    rows = _rows(tmp_path / "results.csv")
+    assert [(r["core"], r["seed"], r["complete"]) for r in rows] == [("lstm", "0", "True"),
+                                                                      ("lstm", "1", "True")]
+    for seed in (0, 1):
+        log = (tmp_path / f"CartPole-v1/lstm/seed{seed}/train.log").read_text()
+        assert "Connected to Ray cluster" in log and "finished at" in log
+
+
+def test_an_interrupted_comparison_stops_without_evaluating(tmp_path, monkeypatch):
+    stops = []
+
+    def interrupted(cfg, resume=False, **kwargs):
+        stops.append(cfg.run.logdir)
+        return {"frames": 0, "stopped_by": "SIGINT"}
+    monkeypatch.setattr(launch, "train", interrupted)
+    assert launch.main([*GRID, "--cores", "lstm", "--seeds", "2", "--total-frames", "1600",
+                        "--outdir", str(tmp_path)]) == 130
+    assert len(stops) == 1                                     # the second run never started
+    assert not list(tmp_path.rglob("eval.json")) and not (tmp_path / "results.csv").exists()
+
+
+def test_summarize_an_empty_directory_is_an_error(tmp_path, capsys):
+    assert launch.main(["compare", "--summarize", str(tmp_path)]) == 2
+    assert "no runs under" in capsys.readouterr().err
+
+
+# -- eval ---------------------------------------------------------------------------------------
+
+def test_eval_plays_the_asked_episodes_with_the_checkpoints_agent(grid, capsys):
+    run = grid["dir"] / "CartPole-v1/linear_transformer/seed1"
+    assert launch.main(["eval", "--checkpoint", str(run), "--episodes", "7", "--greedy"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads((run / "eval.json").read_text())
+    assert result["episodes"] == len(result["returns"]) == 7 and result["greedy"]
+    r = np.array(result["returns"])
+    assert (result["mean"], result["std"], result["min"], result["max"]) == pytest.approx(
+        (r.mean(), r.std(), r.min(), r.max()))
+    assert f"mean {r.mean():.3f}" in out
+    # Independent replay on 5 envs (so that envs owe different numbers of games): env k, CartPole
+    # seeded EVAL_SEED + k, plays its quota of the 7 games, [2, 2, 1, 1, 1], in a row, stepped by
+    # hand with the checkpoint's agent acting greedily; at a game's first step the core resets and
+    # sees the previous game's last reward, as in training.
+    agent, cfg, _ = load_agent(run / "checkpoint.pt")
+    result = evaluate(run, 7, greedy=True, num_envs=5)
+    expected = []
+    for k, quota in enumerate([2, 2, 1, 1, 1]):
+        env = gym.wrappers.FlattenObservation(gym.make("CartPole-v1"))
+        obs, _ = env.reset(seed=EVAL_SEED + k)
+        state, reward, first = agent.initial_state(1), 0.0, True
+        for _ in range(quota):
+            total, done = 0.0, False
+            while not done:
+                action, _, state = agent.act(torch.tensor(obs[None], dtype=torch.float32),
+                                             torch.tensor([reward], dtype=torch.float32),
+                                             torch.tensor([first]), state,
+                                             torch.zeros(1, dtype=torch.int64), greedy=True)
+                obs, reward, terminated, truncated, _ = env.step(int(action[0]))
+                total, first, done = total + reward, False, terminated or truncated
+            expected.append(total)
+            obs, _ = env.reset()          # SyncVectorEnv's autoreset: no new seed
+            first = True
+    assert result["returns"] == expected
+    assert result["lengths"] == [int(x) for x in expected]       # CartPole: reward 1 per step
+
+
+def test_eval_refuses_missing_and_corrupt_checkpoints(grid, tmp_path, capsys):
+    assert launch.main(["eval", "--checkpoint", str(tmp_path / "nowhere")]) == 2
+    assert "no checkpoint file at" in capsys.readouterr().err
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage/checkpoint.pt").write_bytes(b"not a checkpoint" * 100)
+    assert launch.main(["eval", "--checkpoint", str(tmp_path / "garbage")]) == 2
+    assert "is unreadable (truncated or corrupt)" in capsys.readouterr().err
+    whole = (grid["dir"] / "CartPole-v1/lstm/seed1/checkpoint.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(whole[: len(whole) // 2])
+    assert launch.main(["eval", "--checkpoint", str(tmp_path / "cut.pt")]) == 2
+    assert "is unreadable (truncated or corrupt)" in capsys.readouterr().err
+    assert launch.main(["eval", "--checkpoint", str(grid["dir"] / "CartPole-v1/lstm/seed1"), "--video"]) == 2
+    assert "--video films image observations (Atari); CartPole-v1 observes" in capsys.readouterr().err
+
+
+def test_eval_video_of_an_atari_game(tmp_path):
+    import imageio.v3 as iio
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from actors.envs import make_env
+    from learner import Learner, TensorBoardLogger
+    cfg = load_config(overrides=[
+        "env.id=ALE/Pong-v5", "env.num_envs=1", "env.max_episode_frames=400", "model.torso=nature",
+        "model.core=lstm", "core.hidden_size=32", "model.hidden_size=32", f"run.logdir={tmp_path}"])
+    env = make_env(cfg.env, 2, 0)
+    Learner(cfg, env.observation_space, env.num_actions, 4).save(tmp_path / "checkpoint.pt")
+    env.close()
+    TensorBoardLogger(tmp_path).close()   # the run "has TensorBoard events"
+    result = evaluate(tmp_path, 2, video=True)
+    assert result["lengths"] == [100, 100]          # the 400-frame cap = 100 agent steps
+    frames = iio.imread(tmp_path / "eval.mp4", index=None)
+    assert frames.shape == (100, 336, 336, 3)       # env 0's first game, upscaled 4x
+    acc = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    acc.Reload()
+    assert "eval/video" in acc.Tags()["images"]
+
+
+# -- statistics ---------------------------------------------------------------------------------
+
+def test_mean_ci_matches_the_exact_bootstrap_distribution():
+    """For 5 runs all 5^5 resamples can be enumerated: the exact 2.5% and 97.5% quantiles of the
+    resampled means, against the Monte-Carlo estimate the summary uses."""
+    x = np.array([0.1, 0.4, 0.5, 0.9, 2.0])
+    means = np.array([np.mean(x[list(i)]) for i in itertools.product(range(5), repeat=5)])
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    point, low, high = report.mean_ci(x, reps=20_000)
+    assert point == pytest.approx(x.mean())
+    assert low == pytest.approx(lo, abs=0.03) and high == pytest.approx(hi, abs=0.03)
+    assert report.mean_ci([3.0, 3.0]) == (3.0, 3.0, 3.0)
+
+
+def test_difference_ci_point_and_coverage():
+    a, b = np.array([1.0, 2.0, 3.0]), np.array([0.0, 0.5])
+    point, low, high = report.difference_ci(a, b)
+    assert point == pytest.approx(2.0 - 0.25)
+    # the extremes of the resampled differences: mean(a) in [1, 3], mean(b) in [0, 0.5]
+    assert 1.0 - 0.5 <= low < point < high <= 3.0
+
+
+def test_iqm_and_median_of_known_numbers():
+    # runs x games: game 0 runs 1, 2, 3, 4; game 1 runs 5, 6, 7, 8 (all eight values 1..8).
+    m = np.array([[1, 5], [2, 6], [3, 7], [4, 8]], np.float64)
+    agg = report.aggregate_ci(m)
+    assert agg["iqm"][0] == pytest.approx((3 + 4 + 5 + 6) / 4)     # middle half of 1..8
+    assert agg["median"][0] == pytest.approx((2.5 + 6.5) / 2)       # median of the game means
+    for point, low, high in agg.values():
+        assert low <= point <= high
+
+
+def test_human_normalised_scores():
+    assert human_normalized("ALE/Pong-v5", 14.6) == pytest.approx(1.0)
+    assert human_normalized("ALE/Pong-v5", -20.7) == pytest.approx(0.0)
+    assert human_normalized("ALE/Breakout-v5", 1.7 + (30.5 - 1.7) / 2) == pytest.approx(0.5)
+    assert human_normalized("CartPole-v1", 100.0) is None
+    assert human_normalized("ALE/Pacman-v5", 100.0) is None      # not one of the 57
+    assert len(SCORES) == 57
+
+
+def test_atari_summary_has_normalised_scores_and_aggregates(tmp_path):
+    def row(env, core, seed, score):
+        return {"env": env, "core": core, "seed": seed, "frames": 10, "total_frames": 10, "complete": True,
+                "final_return": score, "eval_return": None, "eval_episodes": 0, "wall_time_s": 1.0,
+                "frames_per_s": 10.0, "run_dir": f"{env}/{core}/seed{seed}"}
+    pong = lambda h: -20.7 + h * 35.3          # noqa: E731  human-normalised h -> raw Pong score
+    breakout = lambda h: 1.7 + h * 28.8        # noqa: E731
+    rows = [row("ALE/Pong-v5", "lstm", s, pong(h)) for s, h in enumerate([0.1, 0.2, 0.3])]
+    rows += [row("ALE/Breakout-v5", "lstm", s, breakout(h)) for s, h in enumerate([1.0, 2.0, 3.0])]
+    rows += [row("ALE/Pong-v5", "rdn", s, pong(h)) for s, h in enumerate([0.5, 0.5, 0.5])]
+    text = report.summary_markdown(rows, tmp_path)
+    assert "human-normalised [95% CI]" in text and "## Atari: human-normalised, across games" in text
+    lstm = next(line for line in text.splitlines() if line.startswith("| lstm | 2 | 3 |"))
+    # median of game means (0.2, 2.0) = 1.1; IQM of {0.1, 0.2, 0.3, 1, 2, 3}: trim 1.5 off each end
+    # (scipy trim_mean cuts int(0.25 * 6) = 1 value per side) -> mean(0.2, 0.3, 1, 2) = 0.875
+    assert "| 1.100 [" in lstm and "| 0.875 [" in lstm, lstm
+    rdn = next(line for line in text.splitlines() if line.startswith("| rdn | 1 | 3 |"))
+    assert "| 0.500 [0.500, 0.500] | 0.500 [0.500, 0.500] |" in rdn
