@@ -1,5 +1,5 @@
-"""The command line: train, eval and compare (the work of the last two lives in learner/evaluate.py,
-learner/compare.py and learner/report.py).
+"""The command line: train, eval, compare and bench (the work of eval and compare lives in
+learner/evaluate.py, learner/compare.py and learner/report.py; bench runs the scripts of bench/).
 
     python launch.py train --config configs/atari_cpu.yaml
     python launch.py train --env popgym-RepeatPreviousEasy-v0 --core rdn --total-frames 2e6
@@ -9,6 +9,7 @@ learner/compare.py and learner/report.py).
     python launch.py compare --config popgym_repeat_previous --envs popgym-RepeatPreviousEasy-v0 \
         --cores lstm rdn --seeds 3 --outdir runs/cmp                # then runs/cmp/summary.md
     python launch.py compare --summarize runs/cmp                   # rebuild table and plots
+    python launch.py bench throughput --parts actor train            # tables of bench/RESULTS.md
 
 Bad input (unknown env id, core, config key, a value of the wrong type, a log directory that
 holds another run) stops here, before Ray starts, with a message naming the valid choices.
@@ -311,6 +312,17 @@ def cmd_compare(args):
     return 0
 
 
+BENCHMARKS = ("kernels", "learner", "throughput")
+
+
+def cmd_bench(args):
+    """bench/<name>.py with the remaining arguments (the scripts print tables; see bench/RESULTS.md)."""
+    import runpy
+    sys.argv = [f"bench/{args.name}.py", *args.args]
+    runpy.run_path(str(ROOT / "bench" / f"{args.name}.py"), run_name="__main__")
+    return 0
+
+
 # -- the parser ---------------------------------------------------------------------------------
 
 def build_parser():
@@ -361,6 +373,12 @@ def build_parser():
     c.add_argument("--summarize", metavar="DIR", help="only rebuild the outputs from the runs in DIR")
     c.add_argument("--no-progress", action="store_true", help="log lines instead of progress bars")
     c.set_defaults(func=cmd_compare)
+
+    b = sub.add_parser("bench", help="run a benchmark of bench/ (kernels, learner, throughput); "
+                                     "arguments after the name go to it")
+    b.add_argument("name", choices=BENCHMARKS)
+    b.add_argument("args", nargs=argparse.REMAINDER, help="e.g. --help, or --parts actor train")
+    b.set_defaults(func=cmd_bench)
     return parser
 
 
