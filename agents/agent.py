@@ -72,9 +72,10 @@ class Agent(nn.Module):
     def _forward(self, obs, last_reward, reset, state, last_action):
         T, B = self._check(obs, last_reward, reset, last_action)
         dtype = self.fc.weight.dtype
-        x = obs.flatten(0, 1).to(dtype)
-        if self.channels_last:
+        x = obs.flatten(0, 1)
+        if self.channels_last:  # on the bytes, before the float copy: a quarter of the traffic
             x = x.contiguous(memory_format=torch.channels_last)
+        x = x.to(dtype)
         if self.obs_is_uint8:
             x = x * (1.0 / 255.0)
         x = F.relu(self.fc(F.relu(self.torso(x)))).view(T, B, -1)
