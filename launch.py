@@ -80,14 +80,19 @@ def resolve_train_config(args):
 
 
 def check_train_config(cfg):
-    """UsageError or ConfigError unless `cfg` can be trained (known env id, positive sizes)."""
-    from actors.envs import check_env_id
+    """UsageError or ConfigError unless `cfg` can be trained (known env id, env layout and
+    settings in range, positive sizes)."""
+    from actors.envs import check_env_config, check_env_id
     from configs import ConfigError
     try:
         check_env_id(cfg.env.id)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    checks = [("run.num_actors", cfg.run.num_actors >= 1), ("env.num_envs", cfg.env.num_envs >= 1),
+    try:
+        check_env_config(cfg.env, cfg.env.num_envs)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    checks = [("run.num_actors", cfg.run.num_actors >= 1),
               ("learner.batch_size", cfg.learner.batch_size >= 1),
               ("learner.unroll_length", cfg.learner.unroll_length >= 1),
               ("run.total_frames", cfg.run.total_frames >= 1),
@@ -96,9 +101,6 @@ def check_train_config(cfg):
     for key, ok in checks:
         if not ok:
             raise ConfigError(f"{key} must be positive")
-    if cfg.env.num_envs % cfg.env.env_batches:
-        raise ConfigError(f"env.num_envs ({cfg.env.num_envs}) must be a multiple of env.env_batches "
-                          f"({cfg.env.env_batches})")
 
 
 # -- Ray ----------------------------------------------------------------------------------------

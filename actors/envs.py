@@ -297,24 +297,29 @@ class _GymGroup:
         self.vec.close()
 
 
-def _check_atari_config(env_cfg):
-    limits = {"frame_skip": 1, "frame_stack": 1, "img_size": 1, "noop_max": 0, "num_threads": 0}
-    for name, low in limits.items():
-        if getattr(env_cfg, name) < low:
-            raise ValueError(f"env.{name} must be >= {low}, got {getattr(env_cfg, name)}")
-    if not 0.0 <= env_cfg.sticky_actions <= 1.0:
-        raise ValueError(f"env.sticky_actions is a probability in [0, 1], got {env_cfg.sticky_actions}")
+def check_env_config(env_cfg, num_envs: int) -> None:
+    """Raise ValueError unless make_env(env_cfg, num_envs, ...) can be built: a known id, a group
+    layout that divides the envs, Atari settings in range. Cheap: builds nothing, so the command
+    line calls it before Ray starts."""
+    check_env_id(env_cfg.id)
+    groups_n = env_cfg.env_batches
+    if num_envs < 1 or groups_n < 1 or num_envs % groups_n:
+        raise ValueError(f"env.num_envs ({num_envs}) must be a positive multiple of env.env_batches ({groups_n})")
+    if env_cfg.id.startswith(ATARI_PREFIX):
+        limits = {"frame_skip": 1, "frame_stack": 1, "img_size": 1, "noop_max": 0, "num_threads": 0}
+        for name, low in limits.items():
+            if getattr(env_cfg, name) < low:
+                raise ValueError(f"env.{name} must be >= {low}, got {getattr(env_cfg, name)}")
+        if not 0.0 <= env_cfg.sticky_actions <= 1.0:
+            raise ValueError(f"env.sticky_actions is a probability in [0, 1], got {env_cfg.sticky_actions}")
 
 
 def make_env(env_cfg, num_envs: int, seed: int) -> VecEnv:
     """Build `num_envs` envs of `env_cfg.id` in `env_cfg.env_batches` groups (see module docstring)."""
-    check_env_id(env_cfg.id)
+    check_env_config(env_cfg, num_envs)
     groups_n = env_cfg.env_batches
-    if num_envs < 1 or groups_n < 1 or num_envs % groups_n:
-        raise ValueError(f"num_envs ({num_envs}) must be a positive multiple of env.env_batches ({groups_n})")
     size = num_envs // groups_n
     if env_cfg.id.startswith(ATARI_PREFIX):
-        _check_atari_config(env_cfg)
         game = _atari_game(env_cfg.id)
         # 0: the CPUs this process may use; every group gets them all (mostly one group steps at a time)
         threads = min(env_cfg.num_threads or len(os.sched_getaffinity(0)), size)

@@ -147,6 +147,9 @@ def no_ray(monkeypatch):
     (["--set", "learner.bf16=maybe"], "learner.bf16 must be true or false"),
     (["--config", "nope.yaml"], "config file 'nope.yaml' not found; presets in"),
     (["--resume"], "--resume needs --logdir"),
+    (["--set", "env.env_batches=0"], "env.num_envs (32) must be a positive multiple of env.env_batches (0)"),
+    (["--set", "env.frame_skip=0"], "env.frame_skip must be >= 1, got 0"),
+    (["--num-actors", "0"], "run.num_actors must be positive"),
 ])
 def test_bad_input_is_refused_before_ray(no_ray, capsys, argv, message, tmp_path):
     assert launch.main(["train", "--logdir", str(tmp_path / "x"), *argv]
