@@ -36,6 +36,7 @@ class RolloutWorker:
         self.env = make_env(dataclasses.replace(cfg.env, num_threads=threads), cfg.env.num_envs, seed)
         self.agent = Agent(self.env.observation_space, self.env.num_actions, cfg)
         self.agent.eval()
+        self.agent.bf16_torso_on_cpu = cfg.run.actor_bf16
         self.version = -1
         N = self.env.num_envs
         self.core_state = self.agent.initial_state(N)   # each env's state before its next step

@@ -10,9 +10,10 @@ the other steps would. The "raw AtariVectorEnv" row is ale-py's own batch mode (
 num_envs/2, whichever envs finish first), which make_env does not use, for comparison.
 
 Part 2, actors with inference: a RolloutWorker (the code inside each Ray actor: envs plus a CPU
-copy of the agent acting on every step) producing rollouts, next to the env ceiling of the same
-env layout on the same cores. Part 3, end to end: `launch.train` on a preset for a fixed time, the
-learner's frames/s once warm (Ray, actors, object store, learner updates all included).
+copy of the agent acting on every step; "bf16 torso" rows with run.actor_bf16) producing rollouts,
+next to the env ceiling of the same env layout on the same cores. Part 3, end to end: `launch.train`
+on a preset for a fixed time, the learner's frames/s once warm (Ray, actors, object store, learner
+updates all included).
 
     python bench/throughput.py --parts actor train
 """
@@ -131,19 +132,20 @@ def env_part(args):
                 f"{args.repeats} interleaved {args.seconds:g}-s windows", rows)
 
 
-def actor_case(torso, core, num_envs, env_batches, threads, unroll=20):
+def actor_case(torso, core, num_envs, env_batches, threads, bf16=False, unroll=20):
     """Agent steps/s of a RolloutWorker on Pong: rollouts of `unroll` steps, inference included."""
     from actors.rollout import RolloutWorker
     from configs import load_config
     cfg = load_config(overrides=["env.id=ALE/Pong-v5", f"env.num_envs={num_envs}", f"env.env_batches={env_batches}",
                                  f"env.num_threads={threads}", f"model.torso={torso}", f"model.core={core}",
-                                 f"learner.unroll_length={unroll}"])
+                                 f"learner.unroll_length={unroll}", f"run.actor_bf16={bf16}"])
     worker = RolloutWorker(cfg, seed=0, num_cpus=threads)
 
     def loop_once():
         worker.rollout()
         return unroll * num_envs
-    what = f"actor {torso}+{core}" + ("" if env_batches == 1 else f", {env_batches} groups")
+    what = (f"actor {torso}+{core}" + ("" if env_batches == 1 else f", {env_batches} groups")
+            + (", bf16 torso" if bf16 else ""))
     return Case({"what": what, "env": "ALE/Pong-v5", "envs": num_envs, "threads": threads},
                 loop_once, 4, worker.close)
 
@@ -153,8 +155,8 @@ def actor_part(args):
     cases = [env_ceiling("ALE/Pong-v5", n, 1, threads), env_ceiling("ALE/Pong-v5", n, 2, threads)]
     for torso in ("nature", "impala_resnet"):
         for core in ("lstm", "rdn"):
-            for batches in (1, 2):
-                cases.append(actor_case(torso, core, n, batches, threads))
+            for batches, bf16 in ((1, False), (2, False), (2, True)):
+                cases.append(actor_case(torso, core, n, batches, threads, bf16))
     rows = measure(cases, args.seconds * 2, args.repeats)
     ceiling = max(r["steps/s"] for r in rows[:2])
     for r in rows:

@@ -76,6 +76,8 @@ class RunConfig:
     total_frames: int = 200_000_000    # environment frames (agent steps x frame skip)
     num_actors: int = 48
     actor_cpus: float = 1.0           # CPUs Ray reserves per actor (its env threads use them)
+    actor_bf16: bool = False           # actors run a conv torso in bfloat16 (fast on CPUs with
+                                       # AVX512-BF16 or AMX, slow elsewhere); the core stays float32
     seed: int = 0
     logdir: str = ""                   # "" -> runs/<env>-<core>-<date-time>
     max_rollouts_in_flight: int = 2    # per actor: back-pressure keeps memory flat

@@ -132,3 +132,28 @@ def test_act_samples_from_the_policy_and_greedy_takes_the_argmax():
     assert np.all(np.abs(freq - p) < 4 * np.sqrt(p * (1 - p) / N)), (freq, p)
     greedy, _, _ = agent.act(obs, np.zeros(N, np.float32), np.ones(N, bool), agent.initial_state(N), greedy=True)
     assert (greedy == 2).all() and logits.shape == (N, 3) and not logits.requires_grad
+
+
+@pytest.mark.parametrize("core", ["lstm", "rdn"])
+def test_actor_bf16_runs_the_conv_torso_in_bfloat16_and_keeps_the_core_in_float32(core):
+    torch.manual_seed(0)
+    agent = Agent(image_space((4, 36, 36)), NUM_ACTIONS, tiny_config(core, "model.torso=nature")).eval()
+    obs, reward, reset, state, _ = _sequence(agent, 2, 3)
+    state = tuple(s.float() for s in state)
+    _, want, want_state = agent.act(obs[0], reward[0].float(), reset[0], state)
+    seen = {}
+    agent.fc.register_forward_hook(lambda m, i, o: seen.update(fc=o.dtype))
+    agent.core.register_forward_pre_hook(lambda m, args: seen.update(core=args[0].dtype))
+    agent.bf16_torso_on_cpu = True           # what the rollout worker sets from run.actor_bf16
+    _, got, got_state = agent.act(obs[0], reward[0].float(), reset[0], state)
+    assert seen == {"fc": torch.bfloat16, "core": torch.float32}
+    assert got.dtype == torch.float32 and all(s.dtype == torch.float32 for s in got_state)
+    # bf16 keeps ~3 significant digits: close to the float32 logits, but not the same computation.
+    torch.testing.assert_close(got, want, rtol=0, atol=3e-2)
+    assert not torch.equal(got, want)
+    for g, w in zip(got_state, want_state):
+        torch.testing.assert_close(g, w, rtol=0, atol=3e-2)
+    # The learner's unroll never sees the switch: same float32 path as before.
+    agent.bf16_torso_on_cpu = False
+    _, again, _ = agent.act(obs[0], reward[0].float(), reset[0], state)
+    torch.testing.assert_close(again, want, rtol=0, atol=0)

@@ -94,3 +94,21 @@ def test_threads_follow_the_actor_cpus(monkeypatch):
     assert seen["threads"] == 3
     RolloutWorker(dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, num_threads=2)), num_cpus=3)
     assert seen["threads"] == 2
+
+
+def test_actor_bf16_on_atari_ships_float32_and_the_learner_unroll_stays_close():
+    cfg = load_config(overrides=[
+        "env.id=ALE/Pong-v5", "env.num_envs=4", "env.env_batches=2", "env.num_threads=1", "model.torso=nature",
+        "model.core=rdn", "model.hidden_size=32", "core.d_model=16", "core.num_heads=2", "core.head_dim=8",
+        "core.ff_dim=16", "learner.unroll_length=5", "run.actor_bf16=true"])
+    worker = RolloutWorker(cfg, seed=1)
+    assert worker.agent.bf16_torso_on_cpu
+    for _ in range(3):
+        r = worker.rollout()
+        assert r["logits"].dtype == np.float32 and all(s.dtype == torch.float32 for s in r["core_state"])
+        worker.agent.bf16_torso_on_cpu = False     # the learner's float32 unroll of the same data
+        logits, _ = worker.agent.unroll(torch.from_numpy(r["obs"]), torch.from_numpy(r["reward"]),
+                                        torch.from_numpy(r["first"]), r["core_state"])
+        worker.agent.bf16_torso_on_cpu = True
+        torch.testing.assert_close(logits[:-1], torch.from_numpy(r["logits"][:-1]), rtol=0, atol=3e-2)
+    worker.close()
