@@ -47,6 +47,10 @@ class ModelConfig:
     torso: str = _choice("auto", ("auto", "nature", "impala_resnet", "mlp"))  # auto: by observation
     hidden_size: int = 256             # torso output and MLP width
     use_last_action: bool = False      # feed the last action (one-hot) to the core
+    # torch: PyTorch's default init (uniform, biases too); orthogonal: orthogonal weights with gain
+    # sqrt(2) in the torso, 0.01 on the policy head and 1 on the baseline head, zero biases (the
+    # PPO/APPO peers' Atari init)
+    init: str = _choice("torch", ("torch", "orthogonal"))
 
 
 @dataclass
@@ -55,11 +59,23 @@ class LearnerConfig:
     unroll_length: int = 50            # T
     discount: float = 0.99
     lr: float = 6e-4
-    lr_decay: bool = True              # linear to zero over run.total_frames
+    # over run.total_frames: linear to zero, constant, or cosine to zero
+    lr_schedule: str = _choice("linear", ("linear", "constant", "cosine"))
+    optimizer: str = _choice("rmsprop", ("rmsprop", "adam"))
     rmsprop_alpha: float = 0.99
     rmsprop_eps: float = 0.01
     rmsprop_momentum: float = 0.0
-    grad_clip: float = 40.0            # global gradient norm
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    grad_clip: float = 40.0            # global gradient norm; 0 turns clipping off
+    # impala: the policy gradient of IMPALA; appo: PPO's clipped surrogate on the V-trace
+    # advantages with the ratio pi/mu to the behaviour policy (RLlib's and Sample Factory's APPO)
+    loss: str = _choice("impala", ("impala", "appo"))
+    ppo_clip: float = 0.2              # appo: the ratio is clipped to [1 - ppo_clip, 1 + ppo_clip]
+    advantage_norm: bool = False       # policy-gradient advantages to zero mean, unit std per batch
+    popart: bool = False               # PopArt: the baseline head predicts normalised values
+    popart_beta: float = 3e-4          # PopArt: step size of the value statistics' moving averages
     entropy_cost: float = 0.01
     baseline_cost: float = 0.5
     reward_clip: float = 1.0           # |r| clipped to this in the loss; 0 turns clipping off

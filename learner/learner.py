@@ -8,6 +8,7 @@
 An update that meets a NaN or Inf loss or gradient is skipped: no optimiser step, the weights,
 optimiser state and version stay as they were, and learner/skipped_updates counts it.
 """
+import math
 import warnings
 
 import numpy as np
@@ -20,6 +21,8 @@ from configs import config_to_dict
 from . import checkpoint, losses, vtrace
 from .batch import check_batch, to_device
 from .checkpoint import CheckpointError
+from .health import DeadUnits
+from .popart import PopArt
 
 
 def resolve_device(name):
@@ -45,6 +48,8 @@ class Learner:
             self.agent = Agent(observation_space, num_actions, cfg)
         self.agent.to(self.device)
         self.optimizer = self._make_optimizer()
+        self.popart = PopArt(cfg.learner.popart_beta).to(self.device) if cfg.learner.popart else None
+        self.dead_units = DeadUnits(self.agent)
         self.bf16 = cfg.learner.bf16 and self.device.type == "cuda"
         if cfg.learner.bf16 and not self.bf16:
             warnings.warn("learner.bf16 applies on CUDA only; this learner runs on the CPU in float32")
@@ -54,15 +59,21 @@ class Learner:
 
     def _make_optimizer(self):
         lc = self.cfg.learner
+        if lc.optimizer == "adam":
+            return torch.optim.Adam(self.agent.parameters(), lr=lc.lr, betas=(lc.adam_beta1, lc.adam_beta2),
+                                    eps=lc.adam_eps)
         return torch.optim.RMSprop(self.agent.parameters(), lr=lc.lr, alpha=lc.rmsprop_alpha,
                                    eps=lc.rmsprop_eps, momentum=lc.rmsprop_momentum)
 
     def current_lr(self):
-        """Linear decay to zero over run.total_frames, as a function of the frames consumed so far."""
+        """learner.lr_schedule over run.total_frames, as a function of the frames consumed so far."""
         lc = self.cfg.learner
-        if not lc.lr_decay:
-            return lc.lr
-        return lc.lr * max(0.0, 1.0 - self.frames / self.cfg.run.total_frames)
+        progress = min(1.0, self.frames / self.cfg.run.total_frames)
+        if lc.lr_schedule == "linear":
+            return lc.lr * (1.0 - progress)
+        if lc.lr_schedule == "cosine":
+            return lc.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return lc.lr
 
     def step(self, batch):
         """One update on a batch of B unrolls; returns the update's statistics (floats)."""
@@ -71,10 +82,12 @@ class Learner:
         b = to_device(batch, self.device)
         lr = self.current_lr()
 
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16), self.dead_units.record():
             logits, baseline = self.agent.unroll(b["obs"], b["reward"], b["first"], b["core_state"],
                                                  b["last_action"])
         logits, baseline = logits.float(), baseline.float()
+        # With PopArt the head predicts normalised values; V-trace works on the reward's scale.
+        values = baseline.detach() if self.popart is None else self.popart.denormalize(baseline.detach())
 
         # Step t: action[t] taken at obs t earns reward[t+1]; the episode ends if obs t+1 is a first.
         rewards = b["reward"][1:]
@@ -84,11 +97,24 @@ class Learner:
         actions = b["action"][:-1]
         vt = vtrace.from_logits(
             behaviour_policy_logits=b["logits"][:-1], target_policy_logits=logits[:-1], actions=actions,
-            discounts=discounts, rewards=rewards, values=baseline[:-1], bootstrap_value=baseline[-1],
+            discounts=discounts, rewards=rewards, values=values[:-1], bootstrap_value=values[-1],
             clip_rho_threshold=lc.clip_rho, clip_pg_rho_threshold=lc.clip_pg_rho, lambda_=lc.vtrace_lambda)
 
-        pg_loss = losses.policy_gradient_loss(logits[:-1], actions, vt.pg_advantages, lc.loss_reduction)
-        baseline_loss = lc.baseline_cost * losses.baseline_loss(vt.vs, baseline[:-1], lc.loss_reduction)
+        # IMPALA's advantages carry the clipped importance weight; APPO's surrogate has its own ratio.
+        adv = vt.pg_advantages if lc.loss == "impala" else vt.advantages
+        if self.popart is not None:
+            adv = adv / self.popart.sigma.float()
+        adv_mean, adv_std = adv.mean(), adv.std()
+        if lc.advantage_norm:
+            adv = (adv - adv_mean) / (adv_std + 1e-8)
+        if lc.loss == "impala":
+            pg_loss = losses.policy_gradient_loss(logits[:-1], actions, adv, lc.loss_reduction)
+            ratio_cut = torch.zeros((), device=adv.device)
+        else:
+            pg_loss, ratio_cut = losses.appo_policy_loss(logits[:-1], b["logits"][:-1], actions, adv,
+                                                         lc.ppo_clip, lc.loss_reduction)
+        targets = vt.vs if self.popart is None else self.popart.normalize(vt.vs)
+        baseline_loss = lc.baseline_cost * losses.baseline_loss(targets, baseline[:-1], lc.loss_reduction)
         entropy_loss = lc.entropy_cost * losses.entropy_loss(logits[:-1], lc.loss_reduction)
         total_loss = pg_loss + baseline_loss + entropy_loss
 
@@ -96,20 +122,33 @@ class Learner:
         total_loss.backward()
         max_norm = lc.grad_clip if lc.grad_clip > 0 else float("inf")
         grad_norm = nn.utils.clip_grad_norm_(self.agent.parameters(), max_norm)
-        values = torch.stack([total_loss, pg_loss, baseline_loss, entropy_loss, grad_norm]).detach()
-        total, pg, base, ent, norm = values.tolist()  # the update's one device synchronisation
+        dead = self.dead_units.fractions()
+        values = torch.stack([total_loss, pg_loss, baseline_loss, entropy_loss, grad_norm, adv_mean, adv_std,
+                              ratio_cut, *dead.values()]).detach().float()
+        total, pg, base, ent, norm, a_mean, a_std, cut, *dead_fractions = values.tolist()  # one sync
         if np.isfinite(total) and np.isfinite(norm):
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.optimizer.step()
+            if self.popart is not None:
+                self.popart.update(vt.vs, self.agent.baseline)
             self.version += 1
         else:
             self.skipped_updates += 1
         self.optimizer.zero_grad(set_to_none=True)  # a skipped update's gradients go nowhere
         self.frames += T * B * self.frames_per_step
-        return {"loss/total": total, "loss/pg": pg, "loss/baseline": base, "loss/entropy": ent,
-                "learner/grad_norm": norm, "learner/lr": lr,
-                "learner/skipped_updates": float(self.skipped_updates)}
+        stats = {"loss/total": total, "loss/pg": pg, "loss/baseline": base, "loss/entropy": ent,
+                 "learner/grad_norm": norm, "learner/lr": lr,
+                 "learner/clip_fraction": float(lc.grad_clip > 0 and norm > lc.grad_clip),
+                 "learner/adv_mean": a_mean, "learner/adv_std": a_std,
+                 "learner/skipped_updates": float(self.skipped_updates),
+                 **dict(zip(dead, dead_fractions))}
+        if lc.loss == "appo":
+            stats["learner/ppo_clip_fraction"] = cut
+        if self.popart is not None:
+            stats["learner/popart_mu"] = float(self.popart.mu)
+            stats["learner/popart_sigma"] = float(self.popart.sigma)
+        return stats
 
     def weights(self):
         """(version, state_dict copied to the CPU): what the actors load with agent.load_state_dict."""
@@ -139,6 +178,8 @@ class Learner:
             "counters": {"frames": self.frames, "version": self.version,
                          "skipped_updates": self.skipped_updates},
             "rng": checkpoint.rng_state(),
+            # PopArt's value statistics (None without PopArt): the baseline head means nothing without them.
+            "popart": None if self.popart is None else {k: v.cpu() for k, v in self.popart.state_dict().items()},
             "config": config_to_dict(self.cfg),
             "extra": extra if extra is not None else {},
         }
@@ -171,8 +212,14 @@ class Learner:
         if not all(isinstance(counters.get(k), int) for k in ("frames", "version", "skipped_updates")):
             raise CheckpointError(f"checkpoint {path}: counters are malformed: {counters!r}")
         checkpoint.check_rng_state(payload["rng"], path)
+        popart = payload.get("popart")
+        if self.popart is not None and (not isinstance(popart, dict) or set(popart) != {"mu", "nu"}):
+            raise CheckpointError(f"checkpoint {path} holds no PopArt statistics (it was trained with "
+                                  "learner.popart=false); resume it with learner.popart=false")
 
         self.agent.load_state_dict(payload["model"])
+        if self.popart is not None:
+            self.popart.load_state_dict(popart)
         self.optimizer = optimizer
         self.frames, self.version = counters["frames"], counters["version"]
         self.skipped_updates = counters["skipped_updates"]

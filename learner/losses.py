@@ -29,3 +29,16 @@ def baseline_loss(vs, values, reduction="sum"):
 def entropy_loss(logits, reduction="sum"):
     """Σ_a π log π, the negative entropy: minimising it keeps the policy exploring."""
     return _reduce((F.softmax(logits, dim=-1) * F.log_softmax(logits, dim=-1)).sum(-1), reduction)
+
+
+def appo_policy_loss(logits, behaviour_logits, actions, advantages, clip, reduction="sum"):
+    """PPO's clipped surrogate with the ratio ρ_t = π(a_t|x_t)/μ(a_t|x_t) to the behaviour policy:
+    −min(ρ_t A_t, clip(ρ_t, 1 − clip, 1 + clip) A_t). Returns (loss, fraction of steps where the
+    clipped term was the smaller one, i.e. where the gradient was cut)."""
+    log_pi = F.log_softmax(logits, dim=-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    log_mu = F.log_softmax(behaviour_logits, dim=-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    ratio = torch.exp(log_pi - log_mu.detach())
+    advantages = advantages.detach()
+    unclipped, clipped = ratio * advantages, ratio.clamp(1.0 - clip, 1.0 + clip) * advantages
+    cut = (clipped < unclipped).float().mean()
+    return _reduce(-torch.minimum(unclipped, clipped), reduction), cut

@@ -7,7 +7,8 @@ For a trajectory x_s..x_{s+n} under behaviour policy μ and target policy π, wi
     δ_t V = clip(ρ_t, ρ̄) (r_t + γ V(x_{t+1}) − V(x_t)),     c_i = λ min(c̄, ρ_i), c̄ = 1,
 
 computed backwards with v_s − V(x_s) = δ_s V + γ_s c_s (v_{s+1} − V(x_{s+1})). The policy gradient
-uses the advantage clip(ρ_s, ρ̄_pg) (r_s + γ_s v_{s+1} − V(x_s)). Shapes are time-major [T, B]
+uses the advantage clip(ρ_s, ρ̄_pg) (r_s + γ_s v_{s+1} − V(x_s)); `advantages` is the same without the
+ρ weight (what a PPO-style surrogate multiplies by its own ratio). Shapes are time-major [T, B]
 (bootstrap_value [B]); γ_s is per step (0 where the episode ends). No gradient flows through vs or
 pg_advantages: they are targets.
 """
@@ -16,10 +17,10 @@ import collections
 import torch
 from torch.nn import functional as F
 
-VTraceReturns = collections.namedtuple("VTraceReturns", "vs pg_advantages")
+VTraceReturns = collections.namedtuple("VTraceReturns", "vs pg_advantages advantages")
 VTraceFromLogitsReturns = collections.namedtuple(
     "VTraceFromLogitsReturns",
-    "vs pg_advantages log_rhos behaviour_action_log_probs target_action_log_probs")
+    "vs pg_advantages advantages log_rhos behaviour_action_log_probs target_action_log_probs")
 
 
 def action_log_probs(policy_logits, actions):
@@ -75,6 +76,6 @@ def from_importance_weights(log_rhos, discounts, rewards, values, bootstrap_valu
 
     # Advantage for the policy gradient: r_s + γ_s v_{s+1} - V(x_s), weighted by the clipped ρ.
     vs_t_plus_1 = torch.cat([vs[1:], bootstrap_value.unsqueeze(0)], dim=0)
+    advantages = rewards + discounts * vs_t_plus_1 - values
     clipped_pg_rhos = rhos if clip_pg_rho_threshold is None else torch.clamp(rhos, max=clip_pg_rho_threshold)
-    pg_advantages = clipped_pg_rhos * (rewards + discounts * vs_t_plus_1 - values)
-    return VTraceReturns(vs=vs, pg_advantages=pg_advantages)
+    return VTraceReturns(vs=vs, pg_advantages=clipped_pg_rhos * advantages, advantages=advantages)

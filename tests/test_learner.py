@@ -81,7 +81,7 @@ def test_overfits_a_fixed_batch(core):
     """Rewards favour action 0 under a uniform behaviour policy. Fitting the batch means the baseline
     loss falls and the policy moves to action 0. (The total loss is a policy-gradient surrogate whose
     targets move with the policy, so it need not fall; its baseline part must.)"""
-    cfg = tiny_config(core, "learner.lr=3e-3", "learner.lr_decay=false", "learner.discount=0.5",
+    cfg = tiny_config(core, "learner.lr=3e-3", "learner.lr_schedule=constant", "learner.discount=0.5",
                       "learner.loss_reduction=mean")
     learner = Learner(cfg, VECTOR, NUM_ACTIONS)
     batch = _batch(learner, seed=1, T=10, B=4)
@@ -110,7 +110,7 @@ def test_lr_decays_linearly_to_zero_over_the_frames():
     np.testing.assert_allclose(lrs, [6e-4 * (1 - k / 5) for k in range(5)] + [0.0, 0.0], atol=1e-12)
     assert learner.frames == 7 * frames_per_update
     assert [g["lr"] for g in learner.optimizer.param_groups] == [0.0]
-    constant = Learner(tiny_config("lstm", "run.total_frames=10", "learner.lr_decay=false"), VECTOR, NUM_ACTIONS)
+    constant = Learner(tiny_config("lstm", "run.total_frames=10", "learner.lr_schedule=constant"), VECTOR, NUM_ACTIONS)
     assert [constant.step(batch)["learner/lr"] for _ in range(2)] == [6e-4, 6e-4]
 
 

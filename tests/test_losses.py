@@ -46,3 +46,23 @@ def test_gradients_reach_the_policy_and_baseline_but_not_the_targets():
 def test_unknown_reduction_lists_the_choices():
     with pytest.raises(ValueError, match="unknown loss reduction 'max'; choose one of sum, mean"):
         losses.entropy_loss(LOGITS, "max")
+
+
+def test_appo_surrogate_against_a_float64_formula_with_clipping_active():
+    # Step 0: π(a)=3/4 against μ(a)=1/2: ratio 1.5 > 1.2 with A=2 > 0 -> the clipped term 1.2·2 wins.
+    # Step 1: π(a)=2/3 against μ(a)=1/2: ratio 4/3 with A=−1 < 0 -> the unclipped −4/3 is smaller.
+    behaviour = torch.zeros_like(LOGITS)   # uniform: μ = 1/2 for either action
+    loss, cut = losses.appo_policy_loss(LOGITS, behaviour, ACTIONS, ADVANTAGES, clip=0.2, reduction="sum")
+    r0, r1 = 0.75 / 0.5, (2 / 3) / 0.5
+    expected = -(min(r0 * 2.0, min(max(r0, 0.8), 1.2) * 2.0) + min(r1 * -1.0, min(max(r1, 0.8), 1.2) * -1.0))
+    assert expected == pytest.approx(-(1.2 * 2.0 - 4 / 3))
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    assert cut.item() == pytest.approx(0.5)   # the clip acted on step 0 only
+    # Where it acts the gradient is cut: step 0's logits get none, step 1's get −A ρ ∇log π.
+    logits = LOGITS.clone().requires_grad_()
+    losses.appo_policy_loss(logits, behaviour, ACTIONS, ADVANTAGES, clip=0.2)[0].backward()
+    assert torch.count_nonzero(logits.grad[0]) == 0
+    pi1 = torch.tensor([2 / 3, 1 / 3], dtype=torch.float64)
+    torch.testing.assert_close(logits.grad[1, 0], 1.0 * r1 * (torch.tensor([1.0, 0.0], dtype=torch.float64) - pi1))
+    mean_loss, _ = losses.appo_policy_loss(LOGITS, behaviour, ACTIONS, ADVANTAGES, clip=0.2, reduction="mean")
+    assert mean_loss.item() == pytest.approx(expected / 2, rel=1e-12)

@@ -66,6 +66,10 @@ def test_random_inputs_with_lambda(lam, clip_rho, clip_pg_rho):
     vs, adv = ground_truth(*case.values(), clip_rho=clip_rho, clip_pg_rho=clip_pg_rho, lam=lam)
     np.testing.assert_allclose(out.vs.numpy(), vs, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(out.pg_advantages.numpy(), adv, rtol=1e-12, atol=1e-12)
+    # The same advantage without the importance weight: r_s + γ_s v_{s+1} − V(x_s).
+    next_vs = np.concatenate([vs[1:], case["bootstrap"][None]])
+    np.testing.assert_allclose(out.advantages.numpy(),
+                               case["rewards"] + case["discounts"] * next_vs - case["values"], rtol=1e-12, atol=1e-12)
 
 
 def test_from_logits_and_no_gradient_through_the_targets():

@@ -1,0 +1,219 @@
+"""The learner's options (optimiser, lr schedule, APPO surrogate, advantage normalisation, PopArt,
+orthogonal init) and its health readings (gradient clip fraction, dead units), each against an
+independent computation written here."""
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from learner import Learner, random_batch
+from learner.health import DeadUnits
+from learner.popart import PopArt
+
+from .learner_cases import NUM_ACTIONS, VECTOR, image_space, tiny_config
+from .test_vtrace import ground_truth
+
+T, B = 6, 3
+
+
+def _batch(learner, seed=0):
+    batch = random_batch(VECTOR.shape, torch.float32, NUM_ACTIONS, T, B, learner.agent.initial_state(B), seed)
+    batch["reward"] *= 3
+    return batch
+
+
+def reference(agent, batch, *, loss="impala", ppo_clip=0.2, adv_norm=False, popart=None, reduction="sum",
+              discount=0.99, baseline_cost=0.5, entropy_cost=0.01, grad_clip=40.0):
+    """The update's loss terms (float64 numpy for targets and advantages, V-trace by the double loop)
+    and the clipped gradients through autograd on `agent`. popart: (mu, sigma) or None."""
+    logits, baseline = agent.unroll(batch["obs"], batch["reward"], batch["first"], batch["core_state"])
+    lg = logits.detach().double().numpy()
+    log_pi = lg - np.log(np.exp(lg).sum(-1, keepdims=True))
+    log_mu = batch["logits"].double().numpy()
+    log_mu = log_mu - np.log(np.exp(log_mu).sum(-1, keepdims=True))
+    a = batch["action"][:-1].numpy()[..., None]
+    log_rhos = (np.take_along_axis(log_pi[:-1], a, -1) - np.take_along_axis(log_mu[:-1], a, -1))[..., 0]
+    rewards = np.clip(batch["reward"][1:].double().numpy(), -1, 1)
+    discounts = discount * (~batch["first"][1:]).double().numpy()
+    mu, sigma = popart if popart is not None else (0.0, 1.0)
+    values = baseline.detach().double().numpy() * sigma + mu
+    vs, pg_adv = ground_truth(log_rhos, discounts, rewards, values[:-1], values[-1], 1.0, 1.0)
+    next_vs = np.concatenate([vs[1:], values[-1][None]])
+    adv = (rewards + discounts * next_vs - values[:-1]) if loss == "appo" else pg_adv
+    adv = adv / sigma
+    stats = {"adv_mean": adv.mean(), "adv_std": adv.std(ddof=1)}
+    if adv_norm:
+        adv = (adv - adv.mean()) / (adv.std(ddof=1) + 1e-8)
+    red = (lambda x: x.sum()) if reduction == "sum" else (lambda x: x.mean())  # noqa: E731
+
+    log_pi_t = torch.log_softmax(logits[:-1].double(), -1)
+    log_pi_a = log_pi_t.gather(-1, batch["action"][:-1, :, None])[..., 0]
+    A = torch.from_numpy(adv)
+    if loss == "appo":
+        ratio = torch.exp(log_pi_a - torch.from_numpy(np.take_along_axis(log_mu[:-1], a, -1)[..., 0]))
+        pg = red(-torch.minimum(ratio * A, ratio.clamp(1 - ppo_clip, 1 + ppo_clip) * A))
+    else:
+        pg = red(-log_pi_a * A)
+    target = torch.from_numpy((vs - mu) / sigma)
+    base = baseline_cost * red(0.5 * (target - baseline[:-1].double()) ** 2)
+    ent = entropy_cost * red((log_pi_t.exp() * log_pi_t).sum(-1))
+    grads = torch.autograd.grad(pg + base + ent, list(agent.parameters()))
+    norm = math.sqrt(sum((g.double() ** 2).sum().item() for g in grads))
+    scale = min(1.0, grad_clip / (norm + 1e-6))
+    stats.update(pg=pg.item(), base=base.item(), ent=ent.item(), norm=norm, vs=vs)
+    return stats, [g.double() * scale for g in grads]
+
+
+def _check_stats(stats, ref):
+    assert stats["loss/pg"] == pytest.approx(ref["pg"], rel=1e-4, abs=1e-5)
+    assert stats["loss/baseline"] == pytest.approx(ref["base"], rel=1e-4, abs=1e-6)
+    assert stats["loss/entropy"] == pytest.approx(ref["ent"], rel=1e-4, abs=1e-6)
+    assert stats["learner/grad_norm"] == pytest.approx(ref["norm"], rel=1e-4)
+    assert stats["learner/adv_mean"] == pytest.approx(ref["adv_mean"], rel=1e-4, abs=1e-6)
+    assert stats["learner/adv_std"] == pytest.approx(ref["adv_std"], rel=1e-4)
+
+
+def test_adam_two_steps_match_a_hand_written_bias_corrected_update():
+    cfg = tiny_config("rdn", "learner.optimizer=adam", "learner.lr=1e-3", "learner.adam_beta1=0.8",
+                      "learner.adam_beta2=0.9", "learner.adam_eps=1e-6", "learner.lr_schedule=constant",
+                      "learner.grad_clip=0.5")
+    learner = Learner(cfg, VECTOR, NUM_ACTIONS)
+    agent = copy.deepcopy(learner.agent)
+    m = [torch.zeros_like(p, dtype=torch.float64) for p in agent.parameters()]
+    v = [torch.zeros_like(p, dtype=torch.float64) for p in agent.parameters()]
+    for step in (1, 2):
+        batch = _batch(learner, seed=step)
+        ref, grads = reference(agent, batch, grad_clip=0.5)
+        _check_stats(learner.step(batch), ref)
+        with torch.no_grad():
+            for p, g, m_i, v_i in zip(agent.parameters(), grads, m, v):
+                m_i.mul_(0.8).add_(0.2 * g)
+                v_i.mul_(0.9).add_(0.1 * g * g)
+                m_hat, v_hat = m_i / (1 - 0.8 ** step), v_i / (1 - 0.9 ** step)
+                p.copy_((p.double() - 1e-3 * m_hat / (v_hat.sqrt() + 1e-6)).float())
+        for (name, p), q in zip(learner.agent.named_parameters(), agent.parameters()):
+            torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-4, atol=1e-6, msg=f"step {step} {name}")
+
+
+@pytest.mark.parametrize("loss", ["impala", "appo"])
+def test_advantage_normalisation_and_the_appo_surrogate(loss):
+    cfg = tiny_config("lstm", f"learner.loss={loss}", "learner.ppo_clip=0.1", "learner.advantage_norm=true",
+                      "learner.loss_reduction=mean")
+    learner = Learner(cfg, VECTOR, NUM_ACTIONS)
+    batch = _batch(learner)
+    batch["logits"] *= 2    # far from the learner's policy: ratios beyond 1 ± 0.1, so the clip acts
+    ref, _ = reference(copy.deepcopy(learner.agent), batch, loss=loss, ppo_clip=0.1, adv_norm=True,
+                       reduction="mean")
+    stats = learner.step(batch)
+    _check_stats(stats, ref)
+    if loss == "appo":
+        assert 0.1 < stats["learner/ppo_clip_fraction"] < 0.9
+    else:
+        assert "learner/ppo_clip_fraction" not in stats
+
+
+def test_popart_rescale_preserves_the_unnormalised_value():
+    torch.manual_seed(0)
+    popart, head = PopArt(beta=0.3).double(), torch.nn.Linear(5, 1).double()
+    features = torch.randn(64, 5, dtype=torch.float64)
+    for step in range(4):
+        before = popart.denormalize(head(features)).detach()
+        targets = torch.randn(200, dtype=torch.float64) * 30 + 100
+        mu, nu = popart.mu.item(), popart.nu.item()
+        popart.update(targets, head)
+        assert popart.mu.item() == pytest.approx(0.7 * mu + 0.3 * targets.mean().item())
+        assert popart.nu.item() == pytest.approx(0.7 * nu + 0.3 * (targets ** 2).mean().item())
+        assert popart.sigma.item() == pytest.approx(math.sqrt(popart.nu.item() - popart.mu.item() ** 2))
+        torch.testing.assert_close(popart.denormalize(head(features)).detach(), before, rtol=1e-12, atol=1e-9)
+    assert popart.sigma.item() > 5    # it moved towards the targets' scale (σ 30 around 100)
+    with pytest.raises(ValueError, match=r"learner.popart_beta must lie in \(0, 1\]"):
+        PopArt(beta=0.0)
+
+
+def test_popart_learner_uses_normalised_targets_and_keeps_its_statistics(tmp_path):
+    cfg = tiny_config("rdn", "learner.popart=true", "learner.popart_beta=0.5")
+    learner = Learner(cfg, VECTOR, NUM_ACTIONS)
+    learner.step(_batch(learner, seed=1))            # statistics away from (0, 1)
+    mu, sigma = learner.popart.mu.item(), learner.popart.sigma.item()
+    assert mu != 0.0 and sigma != 1.0
+    batch = _batch(learner, seed=2)
+    ref, _ = reference(copy.deepcopy(learner.agent), batch, popart=(mu, sigma))
+    stats = learner.step(batch)
+    _check_stats(stats, ref)
+    assert learner.popart.mu.item() == pytest.approx(0.5 * mu + 0.5 * ref["vs"].mean(), rel=1e-5)
+    assert stats["learner/popart_mu"] == pytest.approx(learner.popart.mu.item())
+    learner.save(tmp_path / "ck.pt")
+    restored = Learner(cfg, VECTOR, NUM_ACTIONS)
+    restored.load(tmp_path / "ck.pt")
+    assert restored.popart.mu.item() == learner.popart.mu.item()
+    assert restored.popart.nu.item() == learner.popart.nu.item()
+    plain = Learner(tiny_config("rdn"), VECTOR, NUM_ACTIONS)
+    plain.save(tmp_path / "plain.pt")
+    from learner import CheckpointError
+    with pytest.raises(CheckpointError, match="holds no PopArt statistics"):
+        Learner(cfg, VECTOR, NUM_ACTIONS).load(tmp_path / "plain.pt")
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "constant"])
+def test_lr_schedules(schedule):
+    frames_per_update = T * B
+    cfg = tiny_config("lstm", f"learner.lr_schedule={schedule}", f"run.total_frames={8 * frames_per_update}")
+    learner = Learner(cfg, VECTOR, NUM_ACTIONS)
+    batch = _batch(learner)
+    lrs = [learner.step(batch)["learner/lr"] for _ in range(10)]
+    progress = [min(1.0, k / 8) for k in range(10)]
+    expected = {"linear": [6e-4 * (1 - p) for p in progress],
+                "cosine": [6e-4 * 0.5 * (1 + math.cos(math.pi * p)) for p in progress],
+                "constant": [6e-4] * 10}[schedule]
+    np.testing.assert_allclose(lrs, expected, rtol=1e-12, atol=1e-15)
+
+
+def test_gradient_clip_fraction_says_whether_the_clip_acted():
+    learner = Learner(tiny_config("lstm", "learner.grad_clip=1e-6"), VECTOR, NUM_ACTIONS)
+    stats = learner.step(_batch(learner))
+    assert stats["learner/grad_norm"] > 1e-6 and stats["learner/clip_fraction"] == 1.0
+    learner = Learner(tiny_config("lstm", "learner.grad_clip=1e9"), VECTOR, NUM_ACTIONS)
+    assert learner.step(_batch(learner))["learner/clip_fraction"] == 0.0
+    learner = Learner(tiny_config("lstm", "learner.grad_clip=0"), VECTOR, NUM_ACTIONS)
+    assert learner.step(_batch(learner))["learner/clip_fraction"] == 0.0
+
+
+def test_orthogonal_init():
+    cfg = tiny_config("lstm", "model.init=orthogonal", "model.torso=nature")
+    learner = Learner(cfg, image_space((4, 36, 36)), NUM_ACTIONS)
+    agent = learner.agent
+    layers = [m for m in agent.torso.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))] + [agent.fc]
+    assert len(layers) == 4
+    for module, gain in [*((m, 2 ** 0.5) for m in layers), (agent.policy, 0.01), (agent.baseline, 1.0)]:
+        w = module.weight.detach().flatten(1).double()
+        small = min(w.shape)
+        gram = w @ w.T if w.shape[0] == small else w.T @ w
+        torch.testing.assert_close(gram, gain ** 2 * torch.eye(small, dtype=torch.float64), atol=1e-5, rtol=0)
+        assert torch.count_nonzero(module.bias) == 0
+    default = Learner(tiny_config("lstm", "model.torso=nature"), image_space((4, 36, 36)), NUM_ACTIONS)
+    assert torch.count_nonzero(default.agent.fc.bias) > 0
+
+
+def test_dead_units_count_the_units_that_never_fire():
+    cfg = tiny_config("lstm", "model.torso=nature")
+    learner = Learner(cfg, image_space((4, 36, 36)), NUM_ACTIONS)
+    agent = learner.agent
+    with torch.no_grad():
+        agent.fc.bias[:5] = -1e4                      # five of 16 units can never fire
+        agent.torso.net[0].bias[:3] = -1e4            # three of 32 channels of the first conv
+    batch = random_batch((4, 36, 36), torch.uint8, NUM_ACTIONS, T, B, agent.initial_state(B), seed=0)
+    # Independently: run the layers by hand on the batch's frames and count units never > 0.
+    x = batch["obs"].flatten(0, 1).float() / 255
+    with torch.no_grad():
+        conv0 = agent.torso.net[0](x)
+        h = agent.torso(x)
+        fc = agent.fc(torch.relu(h))
+    expected_conv0 = (conv0.amax(dim=(0, 2, 3)) <= 0).float().mean().item()
+    expected_fc = (fc.amax(dim=0) <= 0).float().mean().item()
+    assert expected_conv0 >= 3 / 32 and expected_fc >= 5 / 16
+    stats = learner.step(batch)
+    assert stats["model/dead_units/torso.net.0"] == pytest.approx(expected_conv0)
+    assert stats["model/dead_units/fc"] == pytest.approx(expected_fc)
+    assert set(DeadUnits(agent).layers) == {"torso.net.0", "torso.net.2", "torso.net.4", "fc"}
