@@ -214,11 +214,14 @@ def train(cfg, resume=False, address=None, progress=True, on_report=None):
                 writer.writerows((frames, r, n) for r, n in report["episodes"])
             logger.scalars(stats, frames)
             mean_return = sum(recent) / len(recent) if recent else float("nan")
+            # The learner's health at a glance: how often the gradient clip acts, the advantages' spread.
+            health = (f"clip {stats['learner/clip_fraction']:.2f}, adv std {stats['learner/adv_std']:.3g}"
+                      if "learner/clip_fraction" in stats else "")
             bar.set_postfix_str(f"{stats['perf/env_frames_per_s']:,.0f} frames/s, "
-                                f"return {mean_return:.2f} (last {len(recent)})", refresh=False)
+                                f"return {mean_return:.2f} (last {len(recent)}), {health}", refresh=False)
             if not progress:
                 print(f"frames {frames:,}  {stats['perf/env_frames_per_s']:,.0f} frames/s  "
-                      f"return {mean_return:.2f}", flush=True)
+                      f"return {mean_return:.2f}  {health}", flush=True)
             if on_report is not None and on_report(report, service):
                 stop["signal"] = "on_report"
             if time.monotonic() - last_save >= cfg.run.checkpoint_interval_s:

@@ -9,8 +9,7 @@ import torch
 from fwp_core import CORES
 from learner import Learner, random_batch
 
-from .learner_cases import NUM_ACTIONS, VECTOR, tiny_config
-from .test_vtrace import ground_truth
+from .learner_cases import NUM_ACTIONS, VECTOR, reference, tiny_config
 
 T, B = 6, 3
 
@@ -32,36 +31,14 @@ def test_one_update_matches_an_independent_computation():
     batch = _batch(learner)
     assert batch["first"][1:].any()  # episode ends inside the unroll: the discounts must cut there
 
-    # Reference: torchbeast's conventions written out in float64 numpy (vtrace by the double loop).
-    agent = copy.deepcopy(learner.agent)
-    logits, baseline = agent.unroll(batch["obs"], batch["reward"], batch["first"], batch["core_state"])
-    lg = logits.detach().double().numpy()
-    log_pi = lg - np.log(np.exp(lg).sum(-1, keepdims=True))
-    log_mu = batch["logits"].double().numpy()
-    log_mu = log_mu - np.log(np.exp(log_mu).sum(-1, keepdims=True))
-    a = batch["action"][:-1].numpy()[..., None]
-    log_rhos = (np.take_along_axis(log_pi[:-1], a, -1) - np.take_along_axis(log_mu[:-1], a, -1))[..., 0]
-    rewards = np.clip(batch["reward"][1:].double().numpy(), -1, 1)
-    discounts = 0.9 * (~batch["first"][1:]).double().numpy()
-    values = baseline.detach().double().numpy()
-    vs, adv = ground_truth(log_rhos, discounts, rewards, values[:-1], values[-1], 1.0, 1.5, lam=0.95)
-    pi = np.exp(log_pi[:-1])
-    pg = -(np.take_along_axis(log_pi[:-1], a, -1)[..., 0] * adv).sum()
-    base = 0.4 * 0.5 * ((vs - values[:-1]) ** 2).sum()
-    ent = 0.02 * (pi * log_pi[:-1]).sum()
-
-    # The same loss through autograd on the copy (targets as constants), then RMSprop's first step.
-    log_pi_t = torch.log_softmax(logits[:-1], -1)
-    loss = (-(log_pi_t.gather(-1, batch["action"][:-1, :, None])[..., 0] * torch.from_numpy(adv).float()).sum()
-            + 0.4 * 0.5 * ((torch.from_numpy(vs).float() - baseline[:-1]) ** 2).sum()
-            + 0.02 * (log_pi_t.exp() * log_pi_t).sum())
-    grads = torch.autograd.grad(loss, list(agent.parameters()))
-    norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads)).item()
-    scale = min(1.0, 0.5 / (norm + 1e-6))
+    # Reference: torchbeast's conventions written out in float64 numpy (vtrace by the double loop),
+    # the gradients through autograd on a copy (targets as constants), then RMSprop's first step.
+    ref, grads = reference(copy.deepcopy(learner.agent), batch, discount=0.9, lam=0.95, clip_pg_rho=1.5,
+                           baseline_cost=0.4, entropy_cost=0.02, grad_clip=0.5)
+    pg, base, ent, norm = ref["pg"], ref["base"], ref["ent"], ref["norm"]
     expected = {}
-    for (name, p), g in zip(agent.named_parameters(), grads):
-        g = g * scale
-        expected[name] = p.detach() - 6e-4 * g / (torch.sqrt((1 - 0.99) * g * g) + 0.01)
+    for (name, p), g in zip(learner.agent.named_parameters(), grads):
+        expected[name] = (p.detach().double() - 6e-4 * g / (torch.sqrt((1 - 0.99) * g * g) + 0.01)).float()
 
     stats = learner.step(batch)
     assert stats["loss/pg"] == pytest.approx(pg, rel=1e-4, abs=1e-5)

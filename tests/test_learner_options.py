@@ -12,8 +12,7 @@ from learner import Learner, random_batch
 from learner.health import DeadUnits
 from learner.popart import PopArt
 
-from .learner_cases import NUM_ACTIONS, VECTOR, image_space, tiny_config
-from .test_vtrace import ground_truth
+from .learner_cases import NUM_ACTIONS, VECTOR, image_space, reference, tiny_config
 
 T, B = 6, 3
 
@@ -22,48 +21,6 @@ def _batch(learner, seed=0):
     batch = random_batch(VECTOR.shape, torch.float32, NUM_ACTIONS, T, B, learner.agent.initial_state(B), seed)
     batch["reward"] *= 3
     return batch
-
-
-def reference(agent, batch, *, loss="impala", ppo_clip=0.2, adv_norm=False, popart=None, reduction="sum",
-              discount=0.99, baseline_cost=0.5, entropy_cost=0.01, grad_clip=40.0):
-    """The update's loss terms (float64 numpy for targets and advantages, V-trace by the double loop)
-    and the clipped gradients through autograd on `agent`. popart: (mu, sigma) or None."""
-    logits, baseline = agent.unroll(batch["obs"], batch["reward"], batch["first"], batch["core_state"])
-    lg = logits.detach().double().numpy()
-    log_pi = lg - np.log(np.exp(lg).sum(-1, keepdims=True))
-    log_mu = batch["logits"].double().numpy()
-    log_mu = log_mu - np.log(np.exp(log_mu).sum(-1, keepdims=True))
-    a = batch["action"][:-1].numpy()[..., None]
-    log_rhos = (np.take_along_axis(log_pi[:-1], a, -1) - np.take_along_axis(log_mu[:-1], a, -1))[..., 0]
-    rewards = np.clip(batch["reward"][1:].double().numpy(), -1, 1)
-    discounts = discount * (~batch["first"][1:]).double().numpy()
-    mu, sigma = popart if popart is not None else (0.0, 1.0)
-    values = baseline.detach().double().numpy() * sigma + mu
-    vs, pg_adv = ground_truth(log_rhos, discounts, rewards, values[:-1], values[-1], 1.0, 1.0)
-    next_vs = np.concatenate([vs[1:], values[-1][None]])
-    adv = (rewards + discounts * next_vs - values[:-1]) if loss == "appo" else pg_adv
-    adv = adv / sigma
-    stats = {"adv_mean": adv.mean(), "adv_std": adv.std(ddof=1)}
-    if adv_norm:
-        adv = (adv - adv.mean()) / (adv.std(ddof=1) + 1e-8)
-    red = (lambda x: x.sum()) if reduction == "sum" else (lambda x: x.mean())  # noqa: E731
-
-    log_pi_t = torch.log_softmax(logits[:-1].double(), -1)
-    log_pi_a = log_pi_t.gather(-1, batch["action"][:-1, :, None])[..., 0]
-    A = torch.from_numpy(adv)
-    if loss == "appo":
-        ratio = torch.exp(log_pi_a - torch.from_numpy(np.take_along_axis(log_mu[:-1], a, -1)[..., 0]))
-        pg = red(-torch.minimum(ratio * A, ratio.clamp(1 - ppo_clip, 1 + ppo_clip) * A))
-    else:
-        pg = red(-log_pi_a * A)
-    target = torch.from_numpy((vs - mu) / sigma)
-    base = baseline_cost * red(0.5 * (target - baseline[:-1].double()) ** 2)
-    ent = entropy_cost * red((log_pi_t.exp() * log_pi_t).sum(-1))
-    grads = torch.autograd.grad(pg + base + ent, list(agent.parameters()))
-    norm = math.sqrt(sum((g.double() ** 2).sum().item() for g in grads))
-    scale = min(1.0, grad_clip / (norm + 1e-6))
-    stats.update(pg=pg.item(), base=base.item(), ent=ent.item(), norm=norm, vs=vs)
-    return stats, [g.double() * scale for g in grads]
 
 
 def _check_stats(stats, ref):
