@@ -97,10 +97,18 @@ def check_train_config(cfg):
               ("learner.unroll_length", cfg.learner.unroll_length >= 1),
               ("run.total_frames", cfg.run.total_frames >= 1),
               ("run.max_rollouts_in_flight", cfg.run.max_rollouts_in_flight >= 1),
-              ("run.actor_cpus", cfg.run.actor_cpus > 0)]
+              ("run.actor_cpus", cfg.run.actor_cpus > 0),
+              ("learner.epochs", cfg.learner.epochs >= 1),
+              ("learner.minibatches", cfg.learner.minibatches >= 1),
+              ("learner.ppo_clip", cfg.learner.ppo_clip > 0)]
     for key, ok in checks:
         if not ok:
             raise ConfigError(f"{key} must be positive")
+    if cfg.learner.batch_size % cfg.learner.minibatches:
+        raise ConfigError(f"learner.batch_size ({cfg.learner.batch_size}) must be a multiple of "
+                          f"learner.minibatches ({cfg.learner.minibatches}): a minibatch holds whole unrolls")
+    if not 0 < cfg.learner.popart_beta <= 1:
+        raise ConfigError(f"learner.popart_beta must lie in (0, 1], got {cfg.learner.popart_beta}")
 
 
 # -- Ray ----------------------------------------------------------------------------------------

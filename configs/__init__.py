@@ -57,6 +57,11 @@ class ModelConfig:
 class LearnerConfig:
     batch_size: int = 32               # unrolls per update
     unroll_length: int = 50            # T
+    # Passes over each batch, each in `minibatches` gradient steps on batch_size / minibatches whole
+    # unrolls (1 and 1: one step per batch, as IMPALA; PPO-style reuse is corrected by V-trace and,
+    # with loss=appo, bounded by the clip)
+    epochs: int = 1
+    minibatches: int = 1
     discount: float = 0.99
     lr: float = 6e-4
     # over run.total_frames: linear to zero, constant, or cosine to zero

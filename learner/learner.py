@@ -76,12 +76,31 @@ class Learner:
         return lc.lr
 
     def step(self, batch):
-        """One update on a batch of B unrolls; returns the update's statistics (floats)."""
+        """Learn from a batch of B unrolls: learner.epochs passes over it, each in learner.minibatches
+        gradient steps on B / minibatches whole sequences (one step per batch by default, as IMPALA).
+        Returns the statistics (floats), averaged over the steps."""
         lc = self.cfg.learner
         T, B = check_batch(batch, self.agent.obs_shape, self.agent.num_actions)
+        if lc.epochs < 1 or lc.minibatches < 1 or B % lc.minibatches:
+            raise ValueError(f"learner.epochs ({lc.epochs}) and learner.minibatches ({lc.minibatches}) must be "
+                             f"positive, and the batch's {B} sequences must split into minibatches evenly")
         b = to_device(batch, self.device)
         lr = self.current_lr()
+        size = B // lc.minibatches
+        steps = []
+        for _ in range(lc.epochs):
+            for start in range(0, B, size):
+                part = {k: v[:, start:start + size] for k, v in b.items() if k != "core_state"}
+                part["core_state"] = tuple(s[start:start + size] for s in b["core_state"])
+                steps.append(self._update(part, lr))
+        self.frames += T * B * self.frames_per_step
+        stats = {k: float(np.mean([s[k] for s in steps])) for k in steps[0]}
+        stats["learner/skipped_updates"] = float(self.skipped_updates)
+        return stats
 
+    def _update(self, b, lr):
+        """One gradient step on the (device) batch `b`; returns its statistics."""
+        lc = self.cfg.learner
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16), self.dead_units.record():
             logits, baseline = self.agent.unroll(b["obs"], b["reward"], b["first"], b["core_state"],
                                                  b["last_action"])
@@ -136,7 +155,6 @@ class Learner:
         else:
             self.skipped_updates += 1
         self.optimizer.zero_grad(set_to_none=True)  # a skipped update's gradients go nowhere
-        self.frames += T * B * self.frames_per_step
         stats = {"loss/total": total, "loss/pg": pg, "loss/baseline": base, "loss/entropy": ent,
                  "learner/grad_norm": norm, "learner/lr": lr,
                  "learner/clip_fraction": float(lc.grad_clip > 0 and norm > lc.grad_clip),

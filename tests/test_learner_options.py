@@ -174,3 +174,24 @@ def test_dead_units_count_the_units_that_never_fire():
     assert stats["model/dead_units/torso.net.0"] == pytest.approx(expected_conv0)
     assert stats["model/dead_units/fc"] == pytest.approx(expected_fc)
     assert set(DeadUnits(agent).layers) == {"torso.net.0", "torso.net.2", "torso.net.4", "fc"}
+
+
+def test_epochs_and_minibatches_are_that_many_steps_on_the_sub_batches():
+    """epochs=2, minibatches=2 on B=4 sequences: four gradient steps, on sequences [0, 2), [2, 4),
+    [0, 2), [2, 4), all at the batch's learning rate; the frames count the batch once."""
+    common = ["learner.optimizer=adam", f"run.total_frames={T * 4 * 2}"]
+    reuse = Learner(tiny_config("rdn", "learner.epochs=2", "learner.minibatches=2", *common), VECTOR, NUM_ACTIONS)
+    single = Learner(tiny_config("rdn", "learner.lr_schedule=constant", *common), VECTOR, NUM_ACTIONS)
+    batch = random_batch(VECTOR.shape, torch.float32, NUM_ACTIONS, T, 4, reuse.agent.initial_state(4), seed=5)
+    halves = [{k: tuple(x[a:a + 2] for x in v) if k == "core_state" else v[:, a:a + 2] if torch.is_tensor(v) else v
+               for k, v in batch.items()} for a in (0, 2)]
+    single_stats = [single.step(h) for h in halves * 2]
+    stats = reuse.step(batch)                        # at progress 0: the full lr for all four steps
+    assert reuse.version == 4 and reuse.frames == T * 4
+    for (name, p), q in zip(reuse.agent.named_parameters(), single.agent.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7, msg=name)
+    for key in ("loss/pg", "loss/baseline", "learner/grad_norm"):
+        assert stats[key] == pytest.approx(np.mean([s[key] for s in single_stats]), rel=1e-5, abs=1e-7)
+    assert reuse.step(batch)["learner/lr"] == pytest.approx(6e-4 / 2)   # half the budget consumed
+    with pytest.raises(ValueError, match=r"the batch's 4 sequences must split into minibatches evenly"):
+        Learner(tiny_config("rdn", "learner.minibatches=3"), VECTOR, NUM_ACTIONS).step(batch)

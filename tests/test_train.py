@@ -150,6 +150,11 @@ def no_ray(monkeypatch):
     (["--set", "env.env_batches=0"], "env.num_envs (32) must be a positive multiple of env.env_batches (0)"),
     (["--set", "env.frame_skip=0"], "env.frame_skip must be >= 1, got 0"),
     (["--num-actors", "0"], "run.num_actors must be positive"),
+    (["--set", "learner.minibatches=3"], "learner.batch_size (32) must be a multiple of learner.minibatches (3)"),
+    (["--set", "learner.epochs=0"], "learner.epochs must be positive"),
+    (["--set", "learner.popart_beta=2"], "learner.popart_beta must lie in (0, 1], got 2.0"),
+    (["--set", "learner.optimizer=sgd"], "learner.optimizer='sgd' is not a valid choice; choose one of rmsprop, adam"),
+    (["--set", "learner.loss=ppo"], "learner.loss='ppo' is not a valid choice; choose one of impala, appo"),
 ])
 def test_bad_input_is_refused_before_ray(no_ray, capsys, argv, message, tmp_path):
     assert launch.main(["train", "--logdir", str(tmp_path / "x"), *argv]
