@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from fwp_core import make_core
 
+from .obs_norm import ObservationNorm
 from .torsos import make_torso, resolve_torso
 
 
@@ -33,6 +34,8 @@ class Agent(nn.Module):
         self.num_actions = int(num_actions)
         self.reward_clip = float(cfg.learner.reward_clip)
         self.use_last_action = cfg.model.use_last_action
+        # Running per-element normalisation of the (scaled) observations, updated by the learner.
+        self.obs_norm = ObservationNorm(self.obs_shape) if cfg.model.obs_norm else None
         self.torso_name = resolve_torso(cfg.model.torso, self.obs_shape)
         self.torso = make_torso(self.torso_name, self.obs_shape, cfg.model.hidden_size)
         self.fc = nn.Linear(self.torso.output_size, cfg.model.hidden_size)
@@ -64,6 +67,12 @@ class Agent(nn.Module):
         for head, gain in ((self.policy, 0.01), (self.baseline, 1.0)):
             nn.init.orthogonal_(head.weight, gain=gain)
             nn.init.zeros_(head.bias)
+
+    @torch.no_grad()
+    def update_obs_norm(self, obs):
+        """Fold observations [..., *obs_shape] (as the env gives them) into the running statistics."""
+        x = obs.reshape(-1, *self.obs_shape).float()
+        self.obs_norm.update(x * (1.0 / 255.0) if self.obs_is_uint8 else x)
 
     def initial_state(self, batch_size, device=None):
         return self.core.initial_state(batch_size, device)
@@ -99,6 +108,8 @@ class Agent(nn.Module):
         x = x.to(torch.bfloat16 if bf16 else dtype)
         if self.obs_is_uint8:
             x = x * (1.0 / 255.0)
+        if self.obs_norm is not None:
+            x = self.obs_norm(x)
         with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
             x = F.relu(self.fc(F.relu(self.torso(x))))
         x = (x.to(dtype) if bf16 else x).view(T, B, -1)

@@ -51,6 +51,8 @@ class ModelConfig:
     # sqrt(2) in the torso, 0.01 on the policy head and 1 on the baseline head, zero biases (the
     # PPO/APPO peers' Atari init)
     init: str = _choice("torch", ("torch", "orthogonal"))
+    # normalise each observation element by its running mean and std (updated by the learner)
+    obs_norm: bool = False
 
 
 @dataclass

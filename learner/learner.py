@@ -86,6 +86,8 @@ class Learner:
                              f"positive, and the batch's {B} sequences must split into minibatches evenly")
         b = to_device(batch, self.device)
         lr = self.current_lr()
+        if self.agent.obs_norm is not None:    # the statistics first: this batch is normalised by them
+            self.agent.update_obs_norm(b["obs"])
         size = B // lc.minibatches
         steps = []
         for _ in range(lc.epochs):

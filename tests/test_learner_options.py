@@ -195,3 +195,30 @@ def test_epochs_and_minibatches_are_that_many_steps_on_the_sub_batches():
     assert reuse.step(batch)["learner/lr"] == pytest.approx(6e-4 / 2)   # half the budget consumed
     with pytest.raises(ValueError, match=r"the batch's 4 sequences must split into minibatches evenly"):
         Learner(tiny_config("rdn", "learner.minibatches=3"), VECTOR, NUM_ACTIONS).step(batch)
+
+
+def test_observation_norm_keeps_exact_running_statistics_and_travels_with_the_weights():
+    from agents.obs_norm import ObservationNorm
+    rng = np.random.default_rng(0)
+    norm = ObservationNorm((3, 2))
+    chunks = [rng.normal(5.0, 2.0, (n, 3, 2)) for n in (7, 1, 30)]
+    for chunk in chunks:
+        norm.update(torch.from_numpy(chunk).float())
+    everything = np.concatenate(chunks)
+    np.testing.assert_allclose(norm.mean.numpy(), everything.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(norm.var.numpy(), everything.var(0), rtol=1e-4)
+    x = torch.from_numpy(rng.normal(5.0, 20.0, (4, 3, 2))).float()
+    expected = np.clip((x.numpy() - everything.mean(0)) / np.sqrt(everything.var(0) + 1e-5), -5, 5)
+    np.testing.assert_allclose(norm(x).numpy(), expected, rtol=1e-4, atol=1e-5)
+    assert (norm(x).abs() == 5).any()    # some of these are beyond the clip
+
+    # In the learner: updated from each batch's frames (scaled by 1/255) before the forward pass,
+    # and part of the published weights.
+    learner = Learner(tiny_config("lstm", "model.obs_norm=true", "model.torso=nature"), image_space((4, 36, 36)),
+                      NUM_ACTIONS)
+    batch = random_batch((4, 36, 36), torch.uint8, NUM_ACTIONS, T, B, learner.agent.initial_state(B), seed=0)
+    learner.step(batch)
+    frames = batch["obs"].reshape(-1, 4, 36, 36).double().numpy() / 255
+    np.testing.assert_allclose(learner.agent.obs_norm.mean.numpy(), frames.mean(0), rtol=1e-5)
+    _, weights = learner.weights()
+    assert torch.equal(weights["obs_norm.mean"], learner.agent.obs_norm.mean)
