@@ -1,4 +1,4 @@
-"""Vectorised environments from an env id, with the interface of notes/CONTRACT.md.
+"""Vectorised environments from an env id, one interface for ALE and gymnasium envs.
 
     env = make_env(cfg.env, num_envs=32, seed=0)
     obs = env.reset()                                  # [N, ...]; every env starts an episode here
@@ -94,8 +94,9 @@ def _unknown_id_message(env_id):
             "CartPole-v1, Acrobot-v1)." + (f" Close matches: {', '.join(close)}." if close else ""))
 
 
-def _atari_game(env_id):
+def atari_game(env_id):
     """ale-py's ROM name for an `ALE/<Game>-v5` id (e.g. 'space_invaders'), or a ValueError."""
+    _register_env_ids()
     spec = gym.registry.get(env_id)
     if spec is None or spec.version != 5:
         raise ValueError(_unknown_id_message(env_id))
@@ -113,7 +114,7 @@ def check_env_id(env_id: str) -> None:
     """
     _register_env_ids()
     if env_id.startswith(ATARI_PREFIX):
-        _atari_game(env_id)
+        atari_game(env_id)
         return
     spec = gym.registry.get(env_id)
     if spec is None:
@@ -320,7 +321,7 @@ def make_env(env_cfg, num_envs: int, seed: int) -> VecEnv:
     groups_n = env_cfg.env_batches
     size = num_envs // groups_n
     if env_cfg.id.startswith(ATARI_PREFIX):
-        game = _atari_game(env_cfg.id)
+        game = atari_game(env_cfg.id)
         # 0: the CPUs this process may use; every group gets them all (mostly one group steps at a time)
         threads = min(env_cfg.num_threads or len(os.sched_getaffinity(0)), size)
         groups = []

@@ -23,6 +23,17 @@ from configs import config_from_dict
 from .envs import make_env
 
 
+def act(agent, obs, reward, first, state, last_action, greedy=False):
+    """The acting step of training and evaluation alike, on one batch of env outputs (numpy):
+    obs [N, ...], reward and first [N], last_action [N] (the action each env took last). The last
+    action fed to the core is 0 where an episode starts: it belongs to the previous episode.
+    Returns (action [N] int64, behaviour logits [N, A], the new core state, the last action fed)."""
+    last = np.where(first, 0, last_action)
+    action, logits, state = agent.act(torch.from_numpy(obs), torch.from_numpy(reward), torch.from_numpy(first),
+                                      state, torch.from_numpy(last), greedy=greedy)
+    return action.numpy(), logits.numpy(), state, last
+
+
 class RolloutWorker:
     def __init__(self, cfg, worker_index=0, seed=0, num_cpus=1):
         """cfg: a configs.Config or its dict form (what travels to a Ray actor); num_cpus: the CPUs
@@ -34,9 +45,9 @@ class RolloutWorker:
         self.T = cfg.learner.unroll_length
         threads = cfg.env.num_threads or max(1, int(num_cpus))
         self.env = make_env(dataclasses.replace(cfg.env, num_threads=threads), cfg.env.num_envs, seed)
-        self.agent = Agent(self.env.observation_space, self.env.num_actions, cfg)
+        self.agent = Agent(self.env.observation_space, self.env.num_actions, cfg.model, cfg.core,
+                           cfg.learner.reward_clip, bf16_torso_on_cpu=cfg.run.actor_bf16)
         self.agent.eval()
-        self.agent.bf16_torso_on_cpu = cfg.run.actor_bf16
         self.version = -1
         N = self.env.num_envs
         self.core_state = self.agent.initial_state(N)   # each env's state before its next step
@@ -105,25 +116,21 @@ class RolloutWorker:
         step = self.step[ids]
         assert (step == step[0]).all(), "the envs of a group step together"
         k, t = divmod(int(step[0]), self.T)
-        last = np.where(first, 0, self.last_action[ids])
+        idx = torch.from_numpy(ids)
+        state = tuple(x[idx] for x in self.core_state)
+        if t == 0:  # rollout k starts from the state before its row 0
+            for dst, src in zip(self._buffer(k)["core_state"], state):
+                dst[idx] = src
+        action, logits, state, last = act(self.agent, obs, reward, first, state, self.last_action[ids])
+        for x, new in zip(self.core_state, state):
+            x[idx] = new
         # Step kT+t is row t of rollout k and, on a boundary (t == 0, k > 0), also row T of k-1.
         for rk, rt in [(k, t)] + ([(k - 1, self.T)] if t == 0 and k > 0 else []):
             buf = self._buffer(rk)
             buf["obs"][rt, ids], buf["reward"][rt, ids], buf["first"][rt, ids] = obs, reward, first
             buf["last_action"][rt, ids] = last
         buf = self._buffer(k)
-        idx = torch.from_numpy(ids)
-        state = tuple(x[idx] for x in self.core_state)
-        if t == 0:  # rollout k starts from the state before its row 0
-            for dst, src in zip(buf["core_state"], state):
-                dst[idx] = src
-        action, logits, state = self.agent.act(
-            torch.from_numpy(obs), torch.from_numpy(reward), torch.from_numpy(first), state,
-            torch.from_numpy(last))
-        for x, new in zip(self.core_state, state):
-            x[idx] = new
-        action = action.numpy()
-        buf["action"][t, ids], buf["logits"][t, ids] = action, logits.numpy()
+        buf["action"][t, ids], buf["logits"][t, ids] = action, logits
         self.last_action[ids] = action
         self.step[ids] += 1
         self.env.send(action, ids)

@@ -1,7 +1,7 @@
 """The agent (DESIGN.md): torso -> ReLU -> Linear(hidden) -> ReLU -> concat [clipped last reward,
 one-hot last action (optional)] -> core -> policy logits and baseline.
 
-    agent = Agent(env.observation_space, env.num_actions, cfg)
+    agent = Agent(env.observation_space, env.num_actions, cfg.model, cfg.core, cfg.learner.reward_clip)
     state = agent.initial_state(N)
     action, logits, state = agent.act(obs, last_reward, first, state)        # actors: [N, ...]
     logits, baseline = agent.unroll(obs, reward, first, state0)              # learner: [T+1, B, ...]
@@ -24,7 +24,10 @@ from .torsos import make_torso, resolve_torso
 
 
 class Agent(nn.Module):
-    def __init__(self, observation_space, num_actions, cfg):
+    def __init__(self, observation_space, num_actions, model, core, reward_clip=1.0, bf16_torso_on_cpu=False):
+        """model, core: the config's ModelConfig and CoreConfig sections; reward_clip: the last
+        reward the core sees is clipped to [-reward_clip, reward_clip] (0: not clipped), as the
+        learner clips the rewards of its loss; bf16_torso_on_cpu: see below (actors only)."""
         super().__init__()
         if isinstance(num_actions, bool) or not isinstance(num_actions, (int, np.integer)) or num_actions < 1:
             raise ValueError(f"num_actions must be a positive integer, got {num_actions!r}")
@@ -32,29 +35,29 @@ class Agent(nn.Module):
         self.obs_dtype = np.dtype(observation_space.dtype).name
         self.obs_is_uint8 = self.obs_dtype == "uint8"
         self.num_actions = int(num_actions)
-        self.reward_clip = float(cfg.learner.reward_clip)
-        self.use_last_action = cfg.model.use_last_action
+        self.reward_clip = float(reward_clip)
+        self.use_last_action = model.use_last_action
         # Running per-element normalisation of the (scaled) observations, updated by the learner.
-        self.obs_norm = ObservationNorm(self.obs_shape) if cfg.model.obs_norm else None
-        self.torso_name = resolve_torso(cfg.model.torso, self.obs_shape)
-        self.torso = make_torso(self.torso_name, self.obs_shape, cfg.model.hidden_size)
-        self.fc = nn.Linear(self.torso.output_size, cfg.model.hidden_size)
-        core_input = cfg.model.hidden_size + 1 + (self.num_actions if self.use_last_action else 0)
-        self.core = make_core(cfg.model.core, core_input, **dataclasses.asdict(cfg.core))
+        self.obs_norm = ObservationNorm(self.obs_shape) if model.obs_norm else None
+        self.torso_name = resolve_torso(model.torso, self.obs_shape)
+        self.torso = make_torso(self.torso_name, self.obs_shape, model.hidden_size)
+        self.fc = nn.Linear(self.torso.output_size, model.hidden_size)
+        core_input = model.hidden_size + 1 + (self.num_actions if self.use_last_action else 0)
+        self.core = make_core(model.core, core_input, **dataclasses.asdict(core))
         self.policy = nn.Linear(self.core.output_size, self.num_actions)
         self.baseline = nn.Linear(self.core.output_size, 1)
-        if cfg.model.init == "orthogonal":
+        if model.init == "orthogonal":
             self._orthogonal_init()
         # Conv torsos run channels-last: 3x faster on CPU (measured, IMPALA ResNet, one thread) and
         # the layout cuDNN's tensor-core convolutions prefer.
         self.channels_last = len(self.obs_shape) == 3
         if self.channels_last:
             self.torso.to(memory_format=torch.channels_last)
-        # Actors may run the conv torso and its Linear in bfloat16 on the CPU (cfg.run.actor_bf16,
-        # set by the rollout worker): 1.6-1.7x faster convolutions where the CPU has bf16 units. The
-        # core and heads stay float32, so the states shipped to the learner keep their dtype; the
-        # behaviour logits record what was sampled, and V-trace corrects for the difference.
-        self.bf16_torso_on_cpu = False
+        # Actors may run the conv torso and its Linear in bfloat16 on the CPU (run.actor_bf16): 1.6-1.7x
+        # faster convolutions where the CPU has bf16 units. The core and heads stay float32, so the
+        # states shipped to the learner keep their dtype; the behaviour logits record what was
+        # sampled, and V-trace corrects for the difference.
+        self.bf16_torso_on_cpu = bf16_torso_on_cpu
 
     def _orthogonal_init(self):
         """The PPO/APPO peers' Atari init (CleanRL, Sample Factory): orthogonal weights, gain √2 before
@@ -79,7 +82,7 @@ class Agent(nn.Module):
 
     def unroll(self, obs, last_reward, reset, state, last_action=None):
         """A whole sequence: obs [T+1, B, *obs_shape], last_reward and reset [T+1, B] (last_action
-        [T+1, B] int64 when cfg.model.use_last_action), state the core state before step 0.
+        [T+1, B] int64 when model.use_last_action), state the core state before step 0.
         Returns logits [T+1, B, A] and baseline [T+1, B]; the core runs once over all steps."""
         logits, baseline, _ = self._forward(obs, last_reward, reset, state, last_action)
         return logits, baseline

@@ -28,7 +28,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from learner import report  # noqa: E402
+from experiments import report  # noqa: E402
+from runtime.driver import env_dirname  # noqa: E402
 
 HEALTH = {"entropy": "loss/entropy", "clip": "learner/clip_fraction", "dead fc": "model/dead_units/fc"}
 
@@ -41,11 +42,14 @@ def load_spec(path):
     names = [row["name"] for row in spec["rows"]]
     if len(set(names)) != len(names):
         raise SystemExit(f"{path}: row names must be unique, got {names}")
+    bad = [n for n in names if not n or "/" in n or n.startswith(".")]
+    if bad:
+        raise SystemExit(f"{path}: row names name directories: no '/', no leading '.', got {bad}")
     return spec
 
 
 def row_dir(outdir, name):
-    return Path(outdir) / name.replace("/", "_").replace(" ", "_")
+    return Path(outdir) / name
 
 
 def train_row(spec, row, cores, seeds, outdir, address=None):
@@ -93,7 +97,7 @@ def table(spec, outdir, cores, seeds):
         for core in cores:
             scores, fps, health = [], [], []
             for seed in range(seeds):
-                d = row_dir(outdir, row["name"]) / spec["env"].replace("/", "_") / core / f"seed{seed}"
+                d = row_dir(outdir, row["name"]) / env_dirname(spec["env"]) / core / f"seed{seed}"
                 if not (d / "checkpoint.pt").is_file():
                     scores.append(None)
                     continue

@@ -11,9 +11,9 @@ num_envs/2, whichever envs finish first), which make_env does not use, for compa
 
 Part 2, actors with inference: a RolloutWorker (the code inside each Ray actor: envs plus a CPU
 copy of the agent acting on every step; "bf16 torso" rows with run.actor_bf16) producing rollouts,
-next to the env ceiling of the same env layout on the same cores. Part 3, end to end: `launch.train`
-on a preset for a fixed time, the learner's frames/s once warm (Ray, actors, object store, learner
-updates all included).
+next to the env ceiling of the same env layout on the same cores. Part 3, end to end:
+runtime.driver.Training on a preset for a fixed time, the learner's frames/s once warm (Ray,
+actors, object store, learner updates all included).
 
     python bench/throughput.py --parts actor train
 """
@@ -166,11 +166,12 @@ def actor_part(args):
 
 
 def train_part(args):
-    """launch.train on a preset for --train-seconds; frames/s of the reports after the first third."""
+    """runtime.driver.Training on a preset for --train-seconds; frames/s of the reports after the
+    first third."""
     import tempfile
 
-    import launch
     from configs import load_config
+    from runtime.driver import Training
     rows = []
     for core in ("lstm", "rdn"):
         with tempfile.TemporaryDirectory() as tmp:
@@ -182,7 +183,7 @@ def train_part(args):
                 if time.monotonic() - start > args.train_seconds / 3:
                     rates.append(report["stats"]["perf/env_frames_per_s"])
                 return time.monotonic() - start > args.train_seconds
-            launch.train(cfg, progress=False, on_report=on_report)
+            Training(cfg).run(progress=False, on_report=on_report)
         rows.append({"what": f"train {args.preset}", "env": cfg.env.id, "core": core,
                      "actors x envs": f"{cfg.run.num_actors} x {cfg.env.num_envs}",
                      "frames/s": float(np.median(rates)) if rates else float("nan")})

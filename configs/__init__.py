@@ -14,98 +14,99 @@ from pathlib import Path
 
 import yaml
 
+from agents.torsos import TORSOS
 from fwp_core import CORES, CoreConfig
+from fwp_core.cores import config_field as _f
+
+from .errors import Error
 
 PRESETS_DIR = Path(__file__).resolve().parent
 
 
-def _choice(default, choices):
-    return field(default=default, metadata={"choices": tuple(choices)})
+LOSS_REDUCTIONS = ("sum", "mean")
 
 
 @dataclass
 class EnvConfig:
-    id: str = "ALE/Pong-v5"            # ALE/<Game>-v5, or any gymnasium id (popgym-*, CartPole-v1, ...)
-    num_envs: int = 32                 # environments per actor
-    env_batches: int = 2               # groups of envs stepped while the actor acts on another
-    num_threads: int = 0               # ALE C++ threads per actor; 0: the actor's CPUs
-    # Atari preprocessing (the paper's protocol)
-    frame_skip: int = 4
-    frame_stack: int = 4
-    img_size: int = 84
-    noop_max: int = 30
-    episodic_life: bool = True
-    fire_reset: bool = True
-    sticky_actions: float = 0.0        # 0.25 for the Machado et al. protocol
-    max_episode_frames: int = 108_000
-    full_action_space: bool = False
+    id: str = _f("ALE/Pong-v5", "ALE/<Game>-v5, or any gymnasium id with a Discrete action space "
+                 "(popgym-*, CartPole-v1, ...)")
+    num_envs: int = _f(32, "environments per actor")
+    env_batches: int = _f(2, "groups of envs an actor keeps in flight: one steps while it acts on another")
+    num_threads: int = _f(0, "ALE C++ threads per actor; 0: the actor's CPUs")
+    frame_skip: int = _f(4, "Atari: emulator frames per agent step (max-pooled over the last two)")
+    frame_stack: int = _f(4, "Atari: frames stacked into one observation")
+    img_size: int = _f(84, "Atari: frames resized to img_size x img_size grey")
+    noop_max: int = _f(30, "Atari: up to this many no-op steps at the start of a game")
+    episodic_life: bool = _f(True, "Atari: a life loss ends the episode for the learner (the core resets); "
+                             "the logged return is still the whole game's")
+    fire_reset: bool = _f(True, "Atari: press FIRE when a game starts, in games that need it")
+    sticky_actions: float = _f(0.0, "Atari: probability of repeating the previous action (0.25: Machado et al.)")
+    max_episode_frames: int = _f(108_000, "Atari: a game is cut after this many emulator frames; 0: no cap")
+    full_action_space: bool = _f(False, "Atari: all 18 actions instead of the game's minimal set")
 
 
 @dataclass
 class ModelConfig:
-    core: str = _choice("rdn", CORES)
-    torso: str = _choice("auto", ("auto", "nature", "impala_resnet", "mlp"))  # auto: by observation
-    hidden_size: int = 256             # torso output and MLP width
-    use_last_action: bool = False      # feed the last action (one-hot) to the core
-    # torch: PyTorch's default init (uniform, biases too); orthogonal: orthogonal weights with gain
-    # sqrt(2) in the torso, 0.01 on the policy head and 1 on the baseline head, zero biases (the
-    # PPO/APPO peers' Atari init)
-    init: str = _choice("torch", ("torch", "orthogonal"))
-    # normalise each observation element by its running mean and std (updated by the learner)
-    obs_norm: bool = False
+    core: str = _f("rdn", "the recurrent core", CORES)
+    torso: str = _f("auto", "observation encoder; auto: impala_resnet for images, mlp for vectors", TORSOS)
+    hidden_size: int = _f(256, "width of the Linear after the torso (and of the mlp torso)")
+    use_last_action: bool = _f(False, "feed the last action (one-hot) to the core")
+    init: str = _f("torch", "initial weights: torch (PyTorch's defaults, uniform, biases too) or orthogonal "
+                   "(gain sqrt(2) in the torso, 0.01 on the policy head, 1 on the baseline head, zero biases: "
+                   "the PPO/APPO peers' Atari init); the core keeps its own", ("torch", "orthogonal"))
+    obs_norm: bool = _f(False, "normalise each observation element by its running mean and std "
+                        "(updated by the learner, published with the weights)")
 
 
 @dataclass
 class LearnerConfig:
-    batch_size: int = 32               # unrolls per update
-    unroll_length: int = 50            # T
-    # Passes over each batch, each in `minibatches` gradient steps on batch_size / minibatches whole
-    # unrolls (1 and 1: one step per batch, as IMPALA; PPO-style reuse is corrected by V-trace and,
-    # with loss=appo, bounded by the clip)
-    epochs: int = 1
-    minibatches: int = 1
-    discount: float = 0.99
-    lr: float = 6e-4
-    # over run.total_frames: linear to zero, constant, or cosine to zero
-    lr_schedule: str = _choice("linear", ("linear", "constant", "cosine"))
-    optimizer: str = _choice("rmsprop", ("rmsprop", "adam"))
-    rmsprop_alpha: float = 0.99
-    rmsprop_eps: float = 0.01
-    rmsprop_momentum: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
-    grad_clip: float = 40.0            # global gradient norm; 0 turns clipping off
-    # impala: the policy gradient of IMPALA; appo: PPO's clipped surrogate on the V-trace
-    # advantages with the ratio pi/mu to the behaviour policy (RLlib's and Sample Factory's APPO)
-    loss: str = _choice("impala", ("impala", "appo"))
-    ppo_clip: float = 0.2              # appo: the ratio is clipped to [1 - ppo_clip, 1 + ppo_clip]
-    advantage_norm: bool = False       # policy-gradient advantages to zero mean, unit std per batch
-    popart: bool = False               # PopArt: the baseline head predicts normalised values
-    popart_beta: float = 3e-4          # PopArt: step size of the value statistics' moving averages
-    entropy_cost: float = 0.01
-    baseline_cost: float = 0.5
-    reward_clip: float = 1.0           # |r| clipped to this in the loss; 0 turns clipping off
-    loss_reduction: str = _choice("sum", ("sum", "mean"))   # over T x B
-    clip_rho: float = 1.0
-    clip_pg_rho: float = 1.0
-    vtrace_lambda: float = 1.0
-    bf16: bool = False                 # autocast the forward pass to bfloat16 on CUDA
-    device: str = _choice("auto", ("auto", "cpu", "cuda"))
+    batch_size: int = _f(32, "unrolls per batch (B)")
+    unroll_length: int = _f(50, "steps per unroll (T)")
+    epochs: int = _f(1, "passes over each batch (1: IMPALA; more reuse it, corrected by V-trace)")
+    minibatches: int = _f(1, "gradient steps per pass, each on batch_size / minibatches whole unrolls")
+    discount: float = _f(0.99, "gamma")
+    lr: float = _f(6e-4, "learning rate at the start of lr_schedule")
+    lr_schedule: str = _f("linear", "over run.total_frames: linear to zero, constant, or cosine to zero",
+                          ("linear", "constant", "cosine"))
+    optimizer: str = _f("rmsprop", "torch.optim.RMSprop (the paper's) or Adam", ("rmsprop", "adam"))
+    rmsprop_alpha: float = _f(0.99, "RMSprop: smoothing of the squared-gradient average")
+    rmsprop_eps: float = _f(0.01, "RMSprop: added to the root of the squared-gradient average")
+    rmsprop_momentum: float = _f(0.0, "RMSprop: momentum")
+    adam_beta1: float = _f(0.9, "Adam: first-moment decay")
+    adam_beta2: float = _f(0.999, "Adam: second-moment decay")
+    adam_eps: float = _f(1e-8, "Adam: added to the root of the second moment")
+    grad_clip: float = _f(40.0, "global gradient-norm clip; 0: none")
+    loss: str = _f("impala", "impala: IMPALA's policy gradient; appo: PPO's clipped surrogate on the V-trace "
+                   "advantages, ratio pi/mu to the behaviour policy (RLlib's and Sample Factory's APPO)",
+                   ("impala", "appo"))
+    ppo_clip: float = _f(0.2, "appo: the ratio is clipped to [1 - ppo_clip, 1 + ppo_clip]")
+    advantage_norm: bool = _f(False, "policy-gradient advantages to zero mean and unit std per batch")
+    popart: bool = _f(False, "PopArt: the baseline head predicts normalised values (Hessel et al. 2019)")
+    popart_beta: float = _f(3e-4, "PopArt: step size of the value statistics' moving averages, in (0, 1]")
+    entropy_cost: float = _f(0.01, "weight of the entropy bonus")
+    baseline_cost: float = _f(0.5, "weight of the baseline (value) loss")
+    reward_clip: float = _f(1.0, "rewards clipped to [-reward_clip, reward_clip] in the loss and the core's "
+                            "input; 0: no clip")
+    loss_reduction: str = _f("sum", "losses summed (the paper) or averaged over T x B", LOSS_REDUCTIONS)
+    clip_rho: float = _f(1.0, "V-trace: rho-bar, the clip of the importance weights in the targets")
+    clip_pg_rho: float = _f(1.0, "V-trace: the clip of the importance weights in the policy gradient")
+    vtrace_lambda: float = _f(1.0, "V-trace: lambda (1: the paper; < 1 trades bias for variance)")
+    bf16: bool = _f(False, "autocast the learner's forward pass to bfloat16 (CUDA only)")
+    device: str = _f("auto", "the learner's device; auto: CUDA when there is one", ("auto", "cpu", "cuda"))
 
 
 @dataclass
 class RunConfig:
-    total_frames: int = 200_000_000    # environment frames (agent steps x frame skip)
-    num_actors: int = 48
-    actor_cpus: float = 1.0           # CPUs Ray reserves per actor (its env threads use them)
-    actor_bf16: bool = False           # actors run a conv torso in bfloat16 (fast on CPUs with
-                                       # AVX512-BF16 or AMX, slow elsewhere); the core stays float32
-    seed: int = 0
-    logdir: str = ""                   # "" -> runs/<env>-<core>-<date-time>
-    max_rollouts_in_flight: int = 2    # per actor: back-pressure keeps memory flat
-    checkpoint_interval_s: float = 600.0
-    log_interval_s: float = 10.0
+    total_frames: int = _f(200_000_000, "environment frames to train for (agent steps x frame skip)")
+    num_actors: int = _f(48, "Ray rollout actors")
+    actor_cpus: float = _f(1.0, "CPUs Ray reserves per actor (its env threads use them)")
+    actor_bf16: bool = _f(False, "actors run a conv torso in bfloat16 (fast on CPUs with AVX512-BF16 or AMX, "
+                          "slow elsewhere); the core stays float32")
+    seed: int = _f(0, "seed of the initial weights, the envs and the sampled actions")
+    logdir: str = _f("", "run directory; empty: runs/<env>-<core>-<date-time>")
+    max_rollouts_in_flight: int = _f(2, "rollout calls pending per actor (back-pressure keeps memory flat)")
+    checkpoint_interval_s: float = _f(600.0, "seconds between checkpoints (also at the end and on a signal)")
+    log_interval_s: float = _f(10.0, "seconds between TensorBoard points and progress lines")
 
 
 @dataclass
@@ -117,7 +118,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
 
-class ConfigError(ValueError):
+class ConfigError(Error):
     """A config file, key or value that cannot be used; the message says why and what is valid."""
 
 
@@ -239,5 +240,25 @@ def config_from_dict(mapping, source="config"):
     return update_config(Config(), mapping, source)
 
 
-def save_config(cfg, path):
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+def config_yaml(cfg):
+    """The resolved config as the YAML text of a run's config.yaml (load_config reads it back)."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def describe(cfg):
+    """Every key of `cfg` as text, one line each: key = value, the default where it differs, the
+    valid choices and the meaning (what `launch.py config --show PRESET` prints)."""
+    lines = []
+    for section, values in _sections(cfg).items():
+        lines.append(f"{section}:")
+        defaults = type(values)()
+        for f in dataclasses.fields(values):
+            value, default = getattr(values, f.name), getattr(defaults, f.name)
+            text = f"  {section}.{f.name} = {value!r}"
+            if value != default:
+                text += f"  (default {default!r})"
+            text = text.ljust(48) + "  " + f.metadata.get("help", "")
+            if "choices" in f.metadata:
+                text += f" [{' | '.join(map(str, f.metadata['choices']))}]"
+            lines.append(text)
+    return "\n".join(lines)

@@ -25,18 +25,30 @@ CORES = {
 }
 
 
+def config_field(default, help, choices=None):
+    """A dataclass field with its meaning and, if given, its valid values (the project's config
+    dataclasses use it: `launch.py config` lists the meanings, the config loader checks choices)."""
+    meta = {"help": help} if choices is None else {"help": help, "choices": tuple(choices)}
+    return field(default=default, metadata=meta)
+
+
+_f = config_field
+
+
 @dataclass
 class CoreConfig:
     """Sizes and options of the cores; defaults are the paper's RL block and its LSTM baseline."""
-    d_model: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    head_dim: int = 32
-    ff_dim: int = 512
-    feature_map: str = field(default="softmax", metadata={"choices": FEATURE_MAPS})  # elu_p1: elu+1, sum-normalised
-    truncate_fast_weight_grad: bool = False
-    hidden_size: int = 256                  # LSTM
-    lstm_layers: int = 1                    # LSTM
+    d_model: int = _f(128, "RFWP: width of the residual stream")
+    num_layers: int = _f(2, "RFWP: fast-weight layers (each followed by a feed-forward block)")
+    num_heads: int = _f(4, "RFWP: heads per fast-weight layer")
+    head_dim: int = _f(32, "RFWP: per-head key/value size D (fast weights are D x D per head)")
+    ff_dim: int = _f(512, "RFWP: hidden width of the feed-forward blocks")
+    feature_map: str = _f("softmax", "RFWP: the map of q and k for linear_transformer and delta_net "
+                          "(elu_p1: elu+1, sum-normalised); the other rules use softmax inside", FEATURE_MAPS)
+    truncate_fast_weight_grad: bool = _f(False, "RFWP: no gradient through the fast weights across steps "
+                                         "(the paper's RL code); false: full BPTT over the unroll")
+    hidden_size: int = _f(256, "LSTM: hidden size")
+    lstm_layers: int = _f(1, "LSTM: layers")
 
 
 class Core(nn.Module):

@@ -1,8 +1,8 @@
-"""The learner side of the object store: V-trace, losses, the Learner, checkpoints, TensorBoard."""
+"""The update algorithm: the learner batch, V-trace, the losses, PopArt, the Learner (optimiser,
+one update per batch) and its checkpoints. Imports neither Ray nor actors/: it runs wherever a
+batch of tensors can reach it (tests/test_layout.py checks that)."""
 from .batch import check_batch, random_batch, to_device
 from .checkpoint import CheckpointError
 from .learner import Learner, resolve_device
-from .logging import TensorBoardLogger
 
-__all__ = ["CheckpointError", "Learner", "TensorBoardLogger", "check_batch", "random_batch",
-           "resolve_device", "to_device"]
+__all__ = ["CheckpointError", "Learner", "check_batch", "random_batch", "resolve_device", "to_device"]

@@ -1,4 +1,4 @@
-"""The learner batch of /work/notes/CONTRACT.md: a dict of time-major [T+1, B, ...] CPU tensors.
+"""The learner batch: a dict of time-major [T+1, B, ...] CPU tensors, as the rollout actors ship them.
 
     "obs" [T+1, B, *obs_shape] uint8|float32   "reward" [T+1, B] float32 (raw; reward[0] unused)
     "first" [T+1, B] bool    "action" [T+1, B] int64    "last_action" [T+1, B] int64

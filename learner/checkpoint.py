@@ -1,10 +1,11 @@
 """Checkpoint files: written atomically, read back only whole.
 
 A checkpoint is one torch.save'd dict of plain types and tensors (so it loads with
-weights_only=True: no pickled code runs at load). `save_atomic` writes a temp file in the same
-directory, flushes and fsyncs it, os.replace's it over the old one and fsyncs the directory: a kill
-at any moment leaves either the old or the new checkpoint, never a torn one.
+weights_only=True: no pickled code runs at load). `save_atomic` writes it with `atomic_write`, the
+project's one way of replacing a file (checkpoints, config.yaml, eval.json): a kill at any moment
+leaves either the old or the new file, never a torn one.
 """
+import io
 import os
 import random
 import tempfile
@@ -13,21 +14,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from configs.errors import Error
+
 FORMAT = 1
 KEYS = ("format", "meta", "model", "optimizer", "counters", "rng", "config", "extra")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(Error):
     """A checkpoint that cannot be used here; the message says which file and why."""
 
 
-def save_atomic(payload, path):
+def atomic_write(path, data):
+    """Write `data` (bytes or str) to `path` so that a kill at any moment leaves the old file or the
+    new one, never a torn one: a temp file in the same directory, flushed and fsynced, os.replace'd
+    over `path`, then the directory fsynced (the rename itself durable). The temp file is removed
+    if anything fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    data = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -37,9 +45,16 @@ def save_atomic(payload, path):
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)  # make the rename itself durable
+        os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def save_atomic(payload, path):
+    """torch.save `payload` to `path` through `atomic_write`."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write(path, buffer.getvalue())
 
 
 def read(path):

@@ -1,4 +1,4 @@
-"""The learner: one V-trace update per batch (CONTRACT.md), weights with a version, checkpoints.
+"""The learner: V-trace updates on batches of unrolls, weights with a version, checkpoints.
 
     learner = Learner(cfg, env.observation_space, env.num_actions, frames_per_step=env.frames_per_step)
     stats = learner.step(batch)                  # {"loss/total": ..., "learner/lr": ..., ...}
@@ -45,7 +45,7 @@ class Learner:
         # Initial weights depend on run.seed only, without disturbing the caller's global RNG.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.run.seed)
-            self.agent = Agent(observation_space, num_actions, cfg)
+            self.agent = Agent(observation_space, num_actions, cfg.model, cfg.core, cfg.learner.reward_clip)
         self.agent.to(self.device)
         self.optimizer = self._make_optimizer()
         self.popart = PopArt(cfg.learner.popart_beta).to(self.device) if cfg.learner.popart else None

@@ -4,7 +4,7 @@ runs, or "mean"). The learner weights them: pg + baseline_cost * baseline + entr
 import torch
 from torch.nn import functional as F
 
-REDUCTIONS = ("sum", "mean")
+from configs import LOSS_REDUCTIONS
 
 
 def _reduce(x, reduction):
@@ -12,7 +12,7 @@ def _reduce(x, reduction):
         return x.sum()
     if reduction == "mean":
         return x.mean()
-    raise ValueError(f"unknown loss reduction {reduction!r}; choose one of {', '.join(REDUCTIONS)}")
+    raise ValueError(f"unknown loss reduction {reduction!r}; choose one of {', '.join(LOSS_REDUCTIONS)}")
 
 
 def policy_gradient_loss(logits, actions, advantages, reduction="sum"):

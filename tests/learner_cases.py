@@ -16,6 +16,12 @@ VECTOR = gym.spaces.Box(-1.0, 1.0, (6,), np.float32)
 NUM_ACTIONS = 3
 
 
+def make_agent(observation_space, num_actions, cfg):
+    """An Agent built from a whole Config, as the learner builds its own."""
+    from agents import Agent
+    return Agent(observation_space, num_actions, cfg.model, cfg.core, cfg.learner.reward_clip)
+
+
 def tiny_config(core="rdn", *overrides):
     return load_config(None, TINY_CORE + [f"model.core={core}", "learner.device=cpu", *overrides])
 

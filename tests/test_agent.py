@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from agents import Agent, make_torso
+from agents import make_torso
 from fwp_core import CORES
 
-from .learner_cases import NUM_ACTIONS, VECTOR, image_space, tiny_config
+from .learner_cases import NUM_ACTIONS, VECTOR, image_space, make_agent, tiny_config
 
 
 def _sequence(agent, T, B, seed=0):
@@ -39,20 +39,20 @@ def _step_by_step_equals_unroll(agent, T=5, B=2):
 @pytest.mark.parametrize("core", CORES)
 def test_act_stepped_equals_unroll(core, use_last_action):
     torch.manual_seed(0)
-    agent = Agent(VECTOR, NUM_ACTIONS, tiny_config(core, f"model.use_last_action={use_last_action}")).double()
+    agent = make_agent(VECTOR, NUM_ACTIONS, tiny_config(core, f"model.use_last_action={use_last_action}")).double()
     _step_by_step_equals_unroll(agent)
 
 
 @pytest.mark.parametrize("torso,shape", [("impala_resnet", (4, 20, 20)), ("nature", (4, 36, 36))])
 def test_act_stepped_equals_unroll_with_conv_torsos(torso, shape):
     torch.manual_seed(0)
-    agent = Agent(image_space(shape), NUM_ACTIONS, tiny_config("lstm", f"model.torso={torso}")).double()
+    agent = make_agent(image_space(shape), NUM_ACTIONS, tiny_config("lstm", f"model.torso={torso}")).double()
     _step_by_step_equals_unroll(agent, T=3)
 
 
 def test_last_action_and_reward_reach_the_core_and_rewards_are_clipped():
     torch.manual_seed(0)
-    agent = Agent(VECTOR, NUM_ACTIONS, tiny_config("lstm", "model.use_last_action=true")).double()
+    agent = make_agent(VECTOR, NUM_ACTIONS, tiny_config("lstm", "model.use_last_action=true")).double()
     obs, reward, reset, state, last_action = _sequence(agent, 3, 2)
     base = agent.unroll(obs, reward, reset, state, last_action)[0]
     assert not torch.allclose(base, agent.unroll(obs, reward, reset, state, (last_action + 1) % NUM_ACTIONS)[0])
@@ -71,8 +71,8 @@ def test_uint8_frames_are_scaled_by_1_over_255():
     import gymnasium as gym
     cfg = tiny_config("lstm")
     torch.manual_seed(0)
-    byte_agent = Agent(image_space(), NUM_ACTIONS, cfg).double()
-    float_agent = Agent(gym.spaces.Box(0.0, 1.0, (4, 20, 20), np.float32), NUM_ACTIONS, cfg).double()
+    byte_agent = make_agent(image_space(), NUM_ACTIONS, cfg).double()
+    float_agent = make_agent(gym.spaces.Box(0.0, 1.0, (4, 20, 20), np.float32), NUM_ACTIONS, cfg).double()
     float_agent.load_state_dict(byte_agent.state_dict())
     obs, reward, reset, state, _ = _sequence(byte_agent, 2, 2)
     torch.testing.assert_close(byte_agent.unroll(obs, reward, reset, state)[0],
@@ -95,19 +95,19 @@ def test_torso_sizes_on_atari_frames():
 
 
 def test_auto_torso_and_layout_errors():
-    assert Agent(image_space(), 4, tiny_config("lstm")).torso_name == "impala_resnet"
-    assert Agent(VECTOR, 4, tiny_config("lstm")).torso_name == "mlp"
+    assert make_agent(image_space(), 4, tiny_config("lstm")).torso_name == "impala_resnet"
+    assert make_agent(VECTOR, 4, tiny_config("lstm")).torso_name == "mlp"
     import gymnasium as gym
     with pytest.raises(ValueError, match=r"torso 'auto' takes images .* got an observation of shape \(3, 4\)"):
-        Agent(gym.spaces.Box(0, 1, (3, 4)), 4, tiny_config("lstm"))
+        make_agent(gym.spaces.Box(0, 1, (3, 4)), 4, tiny_config("lstm"))
     with pytest.raises(ValueError, match=r"torso 'mlp' needs a flat vector \[F\], got an observation of shape \(4, 20, 20\)"):
-        Agent(image_space(), 4, tiny_config("lstm", "model.torso=mlp"))
+        make_agent(image_space(), 4, tiny_config("lstm", "model.torso=mlp"))
     with pytest.raises(ValueError, match="num_actions must be a positive integer, got 0"):
-        Agent(VECTOR, 0, tiny_config("lstm"))
+        make_agent(VECTOR, 0, tiny_config("lstm"))
 
 
 def test_bad_inputs_are_named():
-    agent = Agent(VECTOR, NUM_ACTIONS, tiny_config("lstm", "model.use_last_action=true"))
+    agent = make_agent(VECTOR, NUM_ACTIONS, tiny_config("lstm", "model.use_last_action=true"))
     state = agent.initial_state(2)
     obs, r, reset = torch.zeros(2, 6), torch.zeros(2), torch.zeros(2, dtype=torch.bool)
     with pytest.raises(ValueError, match=r"obs has shape \(1, 2, 5\), expected \[T, B, 6\]"):
@@ -120,7 +120,7 @@ def test_bad_inputs_are_named():
 
 def test_act_samples_from_the_policy_and_greedy_takes_the_argmax():
     torch.manual_seed(0)
-    agent = Agent(VECTOR, NUM_ACTIONS, tiny_config("lstm"))
+    agent = make_agent(VECTOR, NUM_ACTIONS, tiny_config("lstm"))
     with torch.no_grad():  # a peaked-but-not-degenerate policy: logits (0, 1, 2) whatever the input
         agent.policy.weight.zero_()
         agent.policy.bias.copy_(torch.tensor([0.0, 1.0, 2.0]))
@@ -137,14 +137,14 @@ def test_act_samples_from_the_policy_and_greedy_takes_the_argmax():
 @pytest.mark.parametrize("core", ["lstm", "rdn"])
 def test_actor_bf16_runs_the_conv_torso_in_bfloat16_and_keeps_the_core_in_float32(core):
     torch.manual_seed(0)
-    agent = Agent(image_space((4, 36, 36)), NUM_ACTIONS, tiny_config(core, "model.torso=nature")).eval()
+    agent = make_agent(image_space((4, 36, 36)), NUM_ACTIONS, tiny_config(core, "model.torso=nature")).eval()
     obs, reward, reset, state, _ = _sequence(agent, 2, 3)
     state = tuple(s.float() for s in state)
     _, want, want_state = agent.act(obs[0], reward[0].float(), reset[0], state)
     seen = {}
     agent.fc.register_forward_hook(lambda m, i, o: seen.update(fc=o.dtype))
     agent.core.register_forward_pre_hook(lambda m, args: seen.update(core=args[0].dtype))
-    agent.bf16_torso_on_cpu = True           # what the rollout worker sets from run.actor_bf16
+    agent.bf16_torso_on_cpu = True           # what Agent(..., bf16_torso_on_cpu=run.actor_bf16) sets
     _, got, got_state = agent.act(obs[0], reward[0].float(), reset[0], state)
     assert seen == {"fc": torch.bfloat16, "core": torch.float32}
     assert got.dtype == torch.float32 and all(s.dtype == torch.float32 for s in got_state)

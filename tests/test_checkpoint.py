@@ -141,6 +141,18 @@ def test_a_kill_while_writing_leaves_the_previous_checkpoint(saved, monkeypatch)
         learner.save(saved)
     monkeypatch.setattr(torch, "save", real_save)
     assert os.listdir(saved.parent) == [saved.name]  # no temp file left behind
+    # Dying later, with the whole new file written but not yet renamed over the old one:
+    real_replace = os.replace
+
+    def dies_before_the_rename(src, dst):
+        assert os.path.getsize(src) > 1000      # the temp file holds the new checkpoint
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", dies_before_the_rename)
+    with pytest.raises(KeyboardInterrupt):
+        learner.save(saved)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert os.listdir(saved.parent) == [saved.name]
     fresh = Learner(tiny_config("rdn"), VECTOR, NUM_ACTIONS)
     fresh.load(saved)  # still the previous, whole checkpoint
     assert fresh.version == 1 and learner.version == 2

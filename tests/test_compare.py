@@ -3,7 +3,6 @@ statistics of the summary against independent computations."""
 import csv
 import itertools
 import json
-import os
 from pathlib import Path
 
 import gymnasium as gym
@@ -14,9 +13,12 @@ import torch
 
 import launch
 from configs import load_config
-from learner import checkpoint, report
-from learner.atari_scores import SCORES, human_normalized
-from learner.evaluate import EVAL_SEED, evaluate, load_agent
+from experiments import compare, report
+from experiments.atari_scores import SCORES, human_normalized
+from experiments.evaluate import EVAL_SEED, evaluate, load_agent
+from learner import checkpoint
+from runtime import cluster
+from runtime.driver import RunDir, Training
 
 GRID = ["compare", "--config", "cartpole", "--envs", "CartPole-v1", "--eval-episodes", "3",
         "--no-progress", "--set", "run.log_interval_s=0.5"]
@@ -26,7 +28,7 @@ OUTPUTS = ("results.csv", "summary.md", "curves_CartPole-v1.png")
 @pytest.fixture(scope="module", autouse=True)
 def ray_session():
     # 6 logical CPUs: room for two CartPole runs (2 actors + a learner each) side by side.
-    launch.start_ray(load_config("cartpole", ["run.num_actors=5"]))
+    cluster.start_ray(load_config("cartpole", ["run.num_actors=5"]))
     yield
     ray.shutdown()
 
@@ -38,14 +40,14 @@ def grid(tmp_path_factory):
     resumed, the three others trained."""
     outdir = tmp_path_factory.mktemp("cmp")
     calls = []
-    real_train = launch.train
 
-    def spy(cfg, resume=False, **kwargs):
-        calls.append((Path(cfg.run.logdir).relative_to(outdir).as_posix(), resume))
-        return real_train(cfg, resume=resume, **kwargs)
+    class Spy(Training):
+        def __init__(self, cfg, resume=False, **kwargs):
+            calls.append((Path(cfg.run.logdir).relative_to(outdir).as_posix(), resume))
+            super().__init__(cfg, resume=resume, **kwargs)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(launch, "train", spy)
+    mp.setattr(compare, "Training", Spy)
     assert launch.main([*GRID, "--cores", "lstm", "--seeds", "1", "--total-frames", "1600",
                         "--outdir", str(outdir)]) == 0
     first = checkpoint.read(outdir / "CartPole-v1/lstm/seed0/checkpoint.pt")["counters"]["frames"]
@@ -54,7 +56,7 @@ def grid(tmp_path_factory):
     assert launch.main([*GRID, "--cores", "lstm", "linear_transformer", "--seeds", "2",
                         "--total-frames", "3200", "--outdir", str(outdir)]) == 0
     mp.undo()
-    return {"dir": outdir, "calls": list(calls), "first_frames": first, "spy": spy}
+    return {"dir": outdir, "calls": list(calls), "first_frames": first}
 
 
 def _rows(path):
@@ -113,7 +115,7 @@ def test_rerun_skips_finished_runs_and_summarize_rebuilds_the_same_outputs(grid,
     before = {p: p.stat().st_mtime_ns for p in watched}
     outputs = {name: (d / name).read_bytes() for name in OUTPUTS}
     calls = []
-    monkeypatch.setattr(launch, "train", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(compare, "Training", lambda *a, **k: calls.append(a))
     assert launch.main([*GRID, "--cores", "lstm", "linear_transformer", "--seeds", "2",
                         "--total-frames", "3200", "--outdir", str(d)]) == 0
     assert calls == []                                                  # nothing trained
@@ -135,9 +137,6 @@ def test_a_run_with_another_config_is_refused(grid, capsys):
 
 
 def test_side_by_side_drivers_on_a_ray_cluster_and_a_stale_run_restarts(tmp_path, capsys):
-    from configs import save_config
-    from learner import compare
-
     def argv(seeds, parallel, *more):
         return [*GRID, "--cores", "lstm", "--seeds", str(seeds), "--total-frames", "1600",
                 "--outdir", str(tmp_path), "--parallel", str(parallel), *more]
@@ -156,7 +155,7 @@ def test_side_by_side_drivers_on_a_ray_cluster_and_a_stale_run_restarts(tmp_path
     (stale.dir / "config.yaml").write_text(preset.read_text())
     assert launch.main(argv(2, 2, "--address", address)) == 2          # not the config asked for
     assert "was trained with another config" in capsys.readouterr().err
-    save_config(stale.cfg, stale.dir / "config.yaml")
+    RunDir(stale.dir).write_config(stale.cfg)
     assert launch.main(argv(2, 2, "--address", address)) == 0
     out = capsys.readouterr().out
     assert "has no checkpoint (stopped before its first save): starting it afresh" in out
@@ -171,10 +170,13 @@ def test_side_by_side_drivers_on_a_ray_cluster_and_a_stale_run_restarts(tmp_path
 def test_an_interrupted_comparison_stops_without_evaluating(tmp_path, monkeypatch):
     stops = []
 
-    def interrupted(cfg, resume=False, **kwargs):
-        stops.append(cfg.run.logdir)
-        return {"frames": 0, "stopped_by": "SIGINT"}
-    monkeypatch.setattr(launch, "train", interrupted)
+    class Interrupted:
+        def __init__(self, cfg, resume=False, **kwargs):
+            stops.append(cfg.run.logdir)
+
+        def run(self, **kwargs):
+            return {"frames": 0, "stopped_by": "SIGINT"}
+    monkeypatch.setattr(compare, "Training", Interrupted)
     assert launch.main([*GRID, "--cores", "lstm", "--seeds", "2", "--total-frames", "1600",
                         "--outdir", str(tmp_path)]) == 130
     assert len(stops) == 1                                     # the second run never started
@@ -245,7 +247,8 @@ def test_eval_video_of_an_atari_game(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from actors.envs import make_env
-    from learner import Learner, TensorBoardLogger
+    from learner import Learner
+    from runtime.tensorboard import TensorBoardLogger
     cfg = load_config(overrides=[
         "env.id=ALE/Pong-v5", "env.num_envs=1", "env.max_episode_frames=400", "model.torso=nature",
         "model.core=lstm", "core.hidden_size=32", "model.hidden_size=32", f"run.logdir={tmp_path}"])

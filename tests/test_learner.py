@@ -9,7 +9,7 @@ import torch
 from fwp_core import CORES
 from learner import Learner, random_batch
 
-from .learner_cases import NUM_ACTIONS, VECTOR, reference, tiny_config
+from .learner_cases import NUM_ACTIONS, VECTOR, make_agent, reference, tiny_config
 
 T, B = 6, 3
 
@@ -143,8 +143,7 @@ def test_weights_are_a_versioned_cpu_copy():
     assert version2 == 1 and all(w.device.type == "cpu" for w in weights2.values())
     assert not torch.equal(weights["policy.weight"], weights2["policy.weight"])  # a copy, not a view
     # An actor's agent loads them and acts like the learner's.
-    from agents import Agent
-    actor = Agent(VECTOR, NUM_ACTIONS, learner.cfg)
+    actor = make_agent(VECTOR, NUM_ACTIONS, learner.cfg)
     actor.load_state_dict(weights2)
     obs = torch.randn(4, 6)
     r, first = torch.zeros(4), torch.ones(4, dtype=torch.bool)

@@ -3,7 +3,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from configs import config_to_dict
-from learner import TensorBoardLogger
+from runtime.tensorboard import TensorBoardLogger
 
 from .learner_cases import tiny_config
 

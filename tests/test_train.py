@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import launch
 from configs import load_config
 from learner import Learner, checkpoint
+from runtime import cluster
+from runtime.driver import Training
 
 ROOT = Path(launch.__file__).resolve().parent
 DESIGN_TAGS = {"episode/return", "episode/length", "perf/env_frames_per_s", "loss/total", "loss/pg",
@@ -25,7 +26,7 @@ TINY_CORE = ["core.num_layers=1", "core.d_model=32", "core.num_heads=2", "core.h
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_session():
-    launch.start_ray(load_config(overrides=["run.num_actors=3"]))
+    cluster.start_ray(load_config(overrides=["run.num_actors=3"]))
     yield
     ray.shutdown()
 
@@ -43,7 +44,7 @@ def test_atari_run_logs_every_tag_checkpoints_and_resumes(tmp_path):
         "model.torso=nature", "model.core=rdn", *TINY_CORE, "learner.batch_size=4",
         "learner.unroll_length=10", "run.num_actors=2", "run.total_frames=16000",
         "run.log_interval_s=2", "run.checkpoint_interval_s=5", f"run.logdir={logdir}"])
-    summary = launch.train(cfg, progress=False)
+    summary = Training(cfg).run(progress=False)
     assert summary["frames"] >= 16000 and summary["episodes"] > 0
     tags = _scalars(logdir)
     assert DESIGN_TAGS <= set(tags), f"missing: {DESIGN_TAGS - set(tags)}"
@@ -62,7 +63,7 @@ def test_atari_run_logs_every_tag_checkpoints_and_resumes(tmp_path):
         ["train", "--logdir", str(logdir), "--resume", "--total-frames", "24000", "--no-progress"])
     cfg2 = launch.resolve_train_config(args)
     assert cfg2.model.core == "rdn" and cfg2.run.total_frames == 24000
-    summary2 = launch.train(cfg2, resume=True, progress=False)
+    summary2 = Training(cfg2, resume=True).run(progress=False)
     assert summary2["start_frames"] == summary["frames"]
     assert summary2["frames"] >= 24000
     steps = [s for s, _ in _scalars(logdir)["loss/total"]]
@@ -87,7 +88,7 @@ def test_a_killed_actor_is_restarted_and_the_run_finishes(tmp_path):
         if not killed:
             ray.get(service.kill_worker.remote(0))
             killed.append(report["frames"])
-    summary = launch.train(cfg, progress=False, on_report=kill_once)
+    summary = Training(cfg).run(progress=False, on_report=kill_once)
     assert killed and summary["frames"] >= 60000
     restarts = _scalars(logdir)["actors/restarts"]
     assert max(v for _, v in restarts) >= 1
@@ -101,7 +102,7 @@ def test_cartpole_is_learned(tmp_path, core):
     a broken V-trace, loss sign or core stays at or below random."""
     cfg = load_config("cartpole", [f"model.core={core}", "run.total_frames=400000",
                                    f"run.logdir={tmp_path / core}", "run.seed=1"])
-    summary = launch.train(cfg, progress=False)
+    summary = Training(cfg).run(progress=False)
     assert summary["final_return"] is not None and summary["final_return"] > 60, summary
 
 

@@ -21,6 +21,14 @@ def lanes(offsets, n, live):
     return offsets < tl.where(live, n, 0)
 
 
+@triton.jit
+def softmax(a, mask):
+    """Softmax over a vector's first lanes (`mask`); the masked lanes get 0."""
+    a = tl.where(mask, a, float("-inf"))
+    e = tl.exp(a - tl.max(a, 0))
+    return e / tl.sum(e, 0)
+
+
 def check_inputs(op, kernel, tensors, head_dims):
     """Raise a clear error for a device the kernel cannot run on or a head dim it does not hold."""
     compiled = isinstance(kernel, triton.runtime.JITFunction)  # not Triton's interpreter

@@ -17,16 +17,9 @@ import triton
 import triton.language as tl
 
 from .. import _triton_utils as tu
-from .._triton_utils import lanes
+from .._triton_utils import lanes, softmax
 from ..delta_rule.fused_recurrent import DeltaRule
 from ..delta_rule.fused_recurrent import _forward as _delta_rule_forward
-
-
-@triton.jit
-def _softmax(a, mask):
-    a = tl.where(mask, a, float("-inf"))
-    e = tl.exp(a - tl.max(a, 0))
-    return e / tl.sum(e, 0)
 
 
 @triton.jit
@@ -87,7 +80,7 @@ def _delta_rnn_fwd(z, kr, sk_t, sk_b, sk_h, vr, sv_t, sv_b, sv_h, br, sb_t, sb_b
         if HAS_RESET:
             R = tl.where(r_t, 0.0, R)
             y_prev = tl.where(r_t, 0.0, y_prev)
-        p = _softmax(y_prev, m)
+        p = softmax(y_prev, m)
         d = v - tl.sum(R * k[:, None], 0)
         R += (beta * k)[:, None] * d[None, :]
         off = t64 * B * H * D + vec

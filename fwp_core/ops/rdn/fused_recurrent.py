@@ -27,19 +27,12 @@ import triton
 import triton.language as tl
 
 from .. import _triton_utils as tu
-from .._triton_utils import lanes
+from .._triton_utils import lanes, softmax
 
 
 @triton.jit
 def _tanh(x):
     return 2 * tl.sigmoid(2 * x) - 1
-
-
-@triton.jit
-def _softmax(a, mask):
-    a = tl.where(mask, a, float("-inf"))
-    e = tl.exp(a - tl.max(a, 0))
-    return e / tl.sum(e, 0)
 
 
 @triton.jit
@@ -109,8 +102,8 @@ def _rdn_fwd(qx, sq_t, sq_b, sq_h, kx, sk_t, sk_b, sk_h, vx, sv_t, sv_b, sv_h, b
             W = tl.where(r_t, 0.0, W)
             y_prev = tl.where(r_t, 0.0, y_prev)
         s = _tanh(y_prev)
-        q = _softmax(qx_t + tl.sum(Rq * s[None, :], 1), m)
-        k = _softmax(kx_t + tl.sum(Rk * s[None, :], 1), m)
+        q = softmax(qx_t + tl.sum(Rq * s[None, :], 1), m)
+        k = softmax(kx_t + tl.sum(Rk * s[None, :], 1), m)
         v = vx_t + tl.sum(Rv * s[None, :], 1)
         beta = tl.sigmoid(bx_t + tl.sum(rb * s, 0))
         d = v - tl.sum(W * k[:, None], 0)

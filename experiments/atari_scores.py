@@ -7,7 +7,7 @@ keyed by ale-py's ROM names: the random and human scores of Mnih et al. 2015 (Na
 van Hasselt et al. 2016 (Double DQN), the ones Agent57 and rliable's Atari-57 results normalise by.
 rliable ships no such table; neither does ale-py.
 """
-import gymnasium as gym
+from actors.envs import ATARI_PREFIX, atari_game
 
 # ROM name: (random score, human score).
 SCORES = {
@@ -72,20 +72,21 @@ SCORES = {
 }
 
 
-def atari_game(env_id):
+def scored_game(env_id):
     """The ROM name of an `ALE/<Game>-v5` id with reference scores, else None (not Atari, or a
     game outside the 57)."""
-    if not env_id.startswith("ALE/"):
+    if not env_id.startswith(ATARI_PREFIX):
         return None
-    import ale_py  # noqa: F401  registers the ALE/ ids
-    spec = gym.registry.get(env_id)
-    game = spec.kwargs.get("game") if spec is not None else None
+    try:
+        game = atari_game(env_id)
+    except ValueError:
+        return None
     return game if game in SCORES else None
 
 
 def human_normalized(env_id, score):
     """(score - random) / (human - random) for an Atari id of the 57 games; None otherwise."""
-    game = atari_game(env_id)
+    game = scored_game(env_id)
     if game is None:
         return None
     random, human = SCORES[game]

@@ -2,7 +2,7 @@
 through the Learner, weights out through the object store.
 
 `LearnerService` runs inside a Ray actor (on a GPU when the cluster has one) and owns the rollout
-actors. The driver (launch.py) calls `run(seconds)` again and again: each call trains for about that
+actors. The driver (runtime/driver.py) calls `run(seconds)` again and again: each call trains for about that
 long and reports what happened, so the driver can log, checkpoint and stop between calls.
 
 Back-pressure: each actor has at most `run.max_rollouts_in_flight` rollout calls pending, so however
@@ -18,10 +18,8 @@ import torch
 
 from actors.rollout import RolloutWorker
 from configs import config_from_dict
-
-from . import checkpoint
-from .batch import KEYS
-from .learner import Learner
+from learner import Learner, checkpoint
+from learner.batch import KEYS
 
 ROLLOUT_ARRAYS = tuple(k for k in KEYS if k != "core_state")
 

@@ -14,15 +14,14 @@ short ones. Instead env k is given a fixed quota of the N games (N // M, one mor
 N % M envs) and only its first `quota[k]` games count; envs that met theirs keep stepping unheeded.
 """
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import checkpoint
-from .checkpoint import CheckpointError
+from actors.rollout import act
+from learner import checkpoint
+from learner.checkpoint import CheckpointError
 
 EVAL_SEED = 1_000_000_007   # env seeds from here on; far from the training envs' seeds of small runs
 VIDEO_SCALE = 4             # 84x84 frames become 336x336 (a multiple of 16, as H.264 wants)
@@ -48,7 +47,7 @@ def load_agent(path):
         raise CheckpointError(f"checkpoint {path}: its config is unusable: {e}") from None
     env = make_env(_eval_env_config(cfg, 1), 1, 0)   # one throwaway env for the spaces
     try:
-        agent = Agent(env.observation_space, env.num_actions, cfg)
+        agent = Agent(env.observation_space, env.num_actions, cfg.model, cfg.core, cfg.learner.reward_clip)
     finally:
         env.close()
     try:
@@ -89,12 +88,9 @@ def play(agent, cfg, episodes, greedy=False, seed=EVAL_SEED, num_envs=None, on_f
             while any(len(g) < q for g, q in zip(games, quota)):
                 if filming:
                     on_frame(obs[0])
-                action, _, state = agent.act(torch.from_numpy(obs), torch.from_numpy(reward),
-                                             torch.from_numpy(first), state,
-                                             torch.from_numpy(last_action), greedy=greedy)
-                action = action.numpy()
+                action, _, state, _ = act(agent, obs, reward, first, state, last_action, greedy=greedy)
                 obs, reward, first, finished = env.step(action)
-                last_action = np.where(first, 0, action)   # as the rollout worker feeds it
+                last_action = action
                 for k, ret, length in finished:
                     if len(games[k]) < quota[k]:
                         games[k].append((ret, length))
@@ -143,14 +139,6 @@ def _write_tensorboard_video(logdir, frames, fps, step):
         writer.file_writer.add_summary(Summary(value=[Summary.Value(tag="eval/video", image=image)]), step)
 
 
-def _write_json_atomic(data, path):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def evaluate(path, episodes, greedy=False, video=False, seed=EVAL_SEED, num_envs=None):
     """Play `episodes` games with the checkpoint at `path` (a run directory or the file); write
     eval.json (and eval.mp4 with `video`) beside it and return the same dict: episodes, mean, std
@@ -180,5 +168,5 @@ def evaluate(path, episodes, greedy=False, video=False, seed=EVAL_SEED, num_envs
         if any(p.name.startswith("events.out.tfevents") for p in path.parent.iterdir()):
             _write_tensorboard_video(path.parent, recorder.tb_frames, recorder.fps, result["frames"])
             result["video_tensorboard"] = "eval/video"
-    _write_json_atomic(result, path.parent / "eval.json")
+    checkpoint.atomic_write(path.parent / "eval.json", json.dumps(result, indent=2) + "\n")
     return result

@@ -1,5 +1,5 @@
 """Compare cores per game: train every (env, core, seed), evaluate each run, then tabulate and plot
-(learner/report.py).
+(experiments/report.py).
 
     python launch.py compare --config popgym_repeat_previous --envs popgym-RepeatPreviousEasy-v0 \
         --cores lstm rdn --seeds 3 --total-frames 1e6 --outdir runs/cmp
@@ -18,12 +18,14 @@ refused: the comparison would silently mix settings.
 
 Where the runs go: by default one after the other in this process, under one Ray session (started
 here, or joined with --address). With `parallel` K > 1 and the --address of a Ray cluster, K
-`launch.py train` drivers run side by side on that cluster, each a child process writing its run
-directory and its log (train.log there); evaluation then happens here, one run after the other.
+training drivers run side by side on that cluster, each a child process (`python -m launch
+train`) writing its run directory and its log (train.log there); evaluation then happens here,
+one run after the other.
 Ctrl-C stops the runs in flight after they save a checkpoint; the same command then goes on.
 """
 import dataclasses
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -31,17 +33,18 @@ import sys
 import time
 from pathlib import Path
 
-from configs import config_to_dict, load_config, save_config
+from configs import config_to_dict, config_yaml, load_config
+from configs.errors import Error
+from learner import checkpoint
+from runtime import cluster
+from runtime.driver import RunDir, Training, env_dirname
 
-from . import checkpoint
 from .evaluate import EVAL_SEED, evaluate
-
-LAUNCH = Path(__file__).resolve().parents[1] / "launch.py"
 # Keys that may differ between a run on disk and the command that continues it.
 FREE_KEYS = {"run.total_frames", "run.logdir", "run.log_interval_s", "run.checkpoint_interval_s"}
 
 
-class CompareError(ValueError):
+class CompareError(Error):
     """A comparison that cannot go on as asked; the message says why and what to do."""
 
 
@@ -52,10 +55,6 @@ class Run:
     seed: int
     dir: Path
     cfg: object    # configs.Config, resolved for this run
-
-
-def env_dirname(env_id):
-    return env_id.replace("/", "_")
 
 
 def plan(outdir, envs, cores, seeds, total_frames, config=None, overrides=()):
@@ -111,12 +110,10 @@ def _needs_eval(run, episodes, greedy, seed):
         return True
 
 
-def run_grid(runs, train, start_ray, address=None, parallel=1, eval_episodes=10, eval_greedy=False,
-             progress=True, log=print):
+def run_grid(runs, address=None, parallel=1, eval_episodes=10, eval_greedy=False, progress=True, log=print):
     """Train what is missing, then evaluate what has no evaluation of its final checkpoint.
-    `train` and `start_ray` are launch.py's (passed in: the command line imports this module, not
-    the other way round). Returns {run dir: action}, action one of trained, resumed, skipped,
-    interrupted; on Ctrl-C it stops (runs not reached are absent) and evaluates nothing."""
+    Returns {run dir: action}, action one of trained, resumed, skipped, interrupted; on Ctrl-C it
+    stops (runs not reached are absent) and evaluates nothing."""
     if parallel > 1 and not address:
         raise CompareError("--parallel > 1 runs several drivers on one Ray cluster: start one "
                            "(`ray start --head`) and pass --address auto, or leave --parallel at 1")
@@ -133,11 +130,11 @@ def run_grid(runs, train, start_ray, address=None, parallel=1, eval_episodes=10,
             log(f"compare: {run.dir} has no checkpoint (stopped before its first save): starting it afresh")
             shutil.rmtree(run.dir)
         elif states[run.dir] == "partial":
-            save_config(run.cfg, run.dir / "config.yaml")   # its new frame budget
+            RunDir(run.dir).write_config(run.cfg)   # its new frame budget
     if parallel > 1:
         _train_side_by_side(todo, states, address, parallel, actions, log)
     else:
-        _train_in_turn(todo, states, train, start_ray, address, progress, actions, log)
+        _train_in_turn(todo, states, address, progress, actions, log)
     if "interrupted" in actions.values():
         return actions
     for run in runs:
@@ -149,17 +146,16 @@ def run_grid(runs, train, start_ray, address=None, parallel=1, eval_episodes=10,
     return actions
 
 
-def _train_in_turn(todo, states, train, start_ray, address, progress, actions, log):
+def _train_in_turn(todo, states, address, progress, actions, log):
     import ray
     if not todo:
         return
-    widest = max(todo, key=lambda r: r.cfg.run.num_actors * r.cfg.run.actor_cpus)
-    started = start_ray(widest.cfg, address)
+    started = cluster.start_ray(max((r.cfg for r in todo), key=cluster.cpus_needed), address)
     try:
         for i, run in enumerate(todo, 1):
             resume = states[run.dir] == "partial"
             log(f"compare: [{i}/{len(todo)}] {'resuming' if resume else 'training'} {run.dir}")
-            summary = train(run.cfg, resume=resume, address=address, progress=progress)
+            summary = Training(run.cfg, resume=resume, address=address).run(progress=progress)
             if summary["stopped_by"]:
                 actions[run.dir] = "interrupted"
                 log(f"compare: stopped by {summary['stopped_by']} at {summary['frames']:,} frames "
@@ -183,7 +179,7 @@ def _check_room(todo, address, parallel):
     finally:
         if joined:
             ray.shutdown()
-    needs = sorted((r.cfg.run.num_actors * r.cfg.run.actor_cpus + 1 for r in todo), reverse=True)
+    needs = sorted((cluster.cpus_needed(r.cfg) for r in todo), reverse=True)
     if todo and sum(needs[:parallel]) > cpus:
         fits = max(1, int(cpus // needs[0]))
         raise CompareError(f"the Ray cluster at {address} has {cpus:g} CPUs; "
@@ -198,18 +194,20 @@ def _train_side_by_side(todo, states, address, parallel, actions, log):
 
     def start(run):
         run.dir.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, str(LAUNCH), "train", "--logdir", str(run.dir), "--address", address,
+        argv = [sys.executable, "-m", "launch", "train", "--logdir", str(run.dir), "--address", address,
                 "--no-progress"]
         if states[run.dir] == "partial":
             argv += ["--resume", "--total-frames", str(run.cfg.run.total_frames)]
         else:
             spec = run.dir.parent / f".{run.dir.name}.requested.yaml"
-            save_config(run.cfg, spec)
+            checkpoint.atomic_write(spec, config_yaml(run.cfg))
             argv += ["--config", str(spec)]
         logf = open(run.dir / "train.log", "a")
         # Own session: a terminal's Ctrl-C reaches only this process, which forwards exactly one
         # SIGINT (a second one would make a child quit without saving).
-        proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        # The project's entry point, importable from its root whether or not it is installed.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(cluster.ROOT), os.environ.get("PYTHONPATH")]))}
+        proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         logf.close()
         procs[proc] = run
         log(f"compare: started {run.dir} (pid {proc.pid}, log {run.dir / 'train.log'})")

@@ -1,4 +1,4 @@
-"""The outputs of a comparison, rebuilt from the run directories under DIR (learner/compare.py):
+"""The outputs of a comparison, rebuilt from the run directories under DIR (experiments/compare.py):
 
 - DIR/results.csv      one row per run found (complete or not)
 - DIR/summary.md       per env, each core's mean score over seeds with a 95% bootstrap CI, its
@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from configs.errors import Error
 from fwp_core import CORES
+from learner import checkpoint
+from runtime.driver import env_dirname
 
-from . import checkpoint
-from .atari_scores import atari_game, human_normalized
+from .atari_scores import human_normalized, scored_game
 
 REPS = 10_000           # bootstrap resamples for the tables
 CURVE_REPS = 2_000      # per point of a curve
@@ -32,7 +34,7 @@ COLUMNS = ["env", "core", "seed", "frames", "total_frames", "complete", "final_r
            "eval_episodes", "wall_time_s", "frames_per_s", "run_dir"]
 
 
-class ReportError(ValueError):
+class ReportError(Error):
     """Nothing to report on; the message says what was looked for."""
 
 
@@ -214,7 +216,7 @@ def summary_markdown(rows, outdir):
         if not env_rows:
             lines += ["No complete runs yet.", ""]
             continue
-        hns = atari_game(env) is not None
+        hns = scored_game(env) is not None
         head = ["core", "seeds", "frames", "final return [95% CI]", "Δ vs lstm [95% CI]", "ratio to lstm"]
         head += ["human-normalised [95% CI]"] if hns else []
         head += ["eval return", "frames/s"]
@@ -243,7 +245,7 @@ def summary_markdown(rows, outdir):
             rates = [r["frames_per_s"] for r in runs if r["frames_per_s"]]
             cells.append(f"{np.mean(rates):,.0f}" if rates else "n/a")
             lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", f"![curves](curves_{env.replace('/', '_')}.png)", ""]
+        lines += ["", f"![curves](curves_{env_dirname(env)}.png)", ""]
     if atari:
         lines += ["## Atari: human-normalised, across games", "",
                   "Median and IQM (rliable's aggregate_median / aggregate_iqm) of runs x games; a core's "
@@ -273,7 +275,7 @@ def write_outputs(outdir):
     for env in sorted({r["env"] for r in rows}):
         env_rows = [r for r in rows if r["env"] == env and r["complete"]]
         if env_rows:
-            path = outdir / f"curves_{env.replace('/', '_')}.png"
+            path = outdir / f"curves_{env_dirname(env)}.png"
             plot_curves(env, env_rows, outdir, path)
             written.append(path)
     return written

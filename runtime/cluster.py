@@ -1,0 +1,60 @@
+"""The Ray session and the resources of a run: how many CPUs it needs, where its learner goes.
+
+    started = start_ray(cfg, address)      # join `address`, or start Ray here with room for the run
+    check_cluster_fits(cfg)                 # on a cluster: ClusterError unless the run fits
+"""
+import os
+from pathlib import Path
+
+from configs.errors import Error
+
+ROOT = Path(__file__).resolve().parents[1]   # the project's root: Ray workers import from here
+
+
+class ClusterError(Error):
+    """The Ray cluster cannot hold what the run asks for; the message says what to change."""
+
+
+def cpus_needed(cfg):
+    """CPUs a run reserves: every actor's run.actor_cpus plus one for the learner."""
+    return cfg.run.num_actors * cfg.run.actor_cpus + 1
+
+
+def start_ray(cfg, address=None):
+    """Join the cluster at `address`, or start Ray here with room for every actor. Returns whether
+    this call started (so should stop) the Ray session; False if one was already up."""
+    import ray
+    if ray.is_initialized():
+        return False
+    # Workers import the project from its root, installed or not.
+    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        # Logical CPUs: at least one per actor plus the learner, even on a 2-core laptop
+        # (the actors then share cores; the OS schedules them).
+        need = int(cpus_needed(cfg) + 0.999)
+        ray.init(num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False,
+                 runtime_env=runtime_env, log_to_driver=True)
+    return True
+
+
+def learner_resources(cfg):
+    """Ray resources of the learner's actor: a GPU when the cluster has one (or learner.device asks)."""
+    import ray
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if cfg.learner.device == "cuda" and gpus < 1:
+        raise ClusterError("learner.device=cuda but the Ray cluster has no GPU; use learner.device=auto or cpu")
+    want_gpu = cfg.learner.device == "cuda" or (cfg.learner.device == "auto" and gpus >= 1)
+    return {"num_gpus": 1 if want_gpu else 0, "num_cpus": 1}
+
+
+def check_cluster_fits(cfg):
+    """ClusterError unless the joined cluster has the CPUs the run reserves."""
+    import ray
+    cpus = ray.cluster_resources().get("CPU", 0)
+    need = cpus_needed(cfg)
+    if need > cpus:
+        raise ClusterError(f"the Ray cluster has {cpus:g} CPUs but {cfg.run.num_actors} actors x "
+                           f"{cfg.run.actor_cpus:g} CPUs + 1 for the learner need {need:g}; lower "
+                           "--num-actors or run.actor_cpus, or add nodes")

@@ -1,0 +1,227 @@
+"""The driver of one run: it owns the run directory and drives the Ray service that trains.
+
+    summary = Training(cfg).run()                        # until run.total_frames or a stop signal
+    summary = Training(cfg, resume=True).run()           # continue from the directory's checkpoint
+
+A run directory (`RunDir`, cfg.run.logdir) holds:
+
+- `config.yaml`: the resolved config (written atomically when the run starts);
+- `checkpoint.pt`: everything needed to continue (written atomically every
+  run.checkpoint_interval_s, at the end, and on SIGINT/SIGTERM);
+- `episodes.csv`: every finished game (frames, return, length), appended as they come;
+- TensorBoard events: the tags of DESIGN.md and the learner's health, x = environment frames.
+
+The first SIGINT or SIGTERM stops the run after its next report, with a checkpoint; a second one
+gives up on the clean exit. `check_config` refuses a config that cannot train before Ray starts.
+"""
+import csv
+import signal
+import sys
+import time
+from collections import deque
+from datetime import datetime
+from pathlib import Path
+
+from configs import ConfigError, config_to_dict, config_yaml
+from configs.errors import Error
+
+from . import cluster
+
+
+def env_dirname(env_id):
+    """An env id as one path component: 'ALE/Pong-v5' -> 'ALE_Pong-v5'."""
+    return env_id.replace("/", "_")
+
+
+def default_logdir(cfg):
+    """runs/<env>-<core>-<date-time>, the directory of a run started without --logdir."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return str(Path("runs") / f"{env_dirname(cfg.env.id)}-{cfg.model.core}-{stamp}")
+
+
+def check_config(cfg):
+    """ConfigError unless `cfg` can be trained: a known env id, an env layout and Atari settings in
+    range, positive sizes, learner options that fit together. Cheap: builds nothing."""
+    from actors.envs import check_env_config
+    try:
+        check_env_config(cfg.env, cfg.env.num_envs)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    lc = cfg.learner
+    checks = [("run.num_actors", cfg.run.num_actors >= 1),
+              ("learner.batch_size", lc.batch_size >= 1),
+              ("learner.unroll_length", lc.unroll_length >= 1),
+              ("run.total_frames", cfg.run.total_frames >= 1),
+              ("run.max_rollouts_in_flight", cfg.run.max_rollouts_in_flight >= 1),
+              ("run.actor_cpus", cfg.run.actor_cpus > 0),
+              ("learner.epochs", lc.epochs >= 1),
+              ("learner.minibatches", lc.minibatches >= 1),
+              ("learner.ppo_clip", lc.ppo_clip > 0)]
+    for key, ok in checks:
+        if not ok:
+            raise ConfigError(f"{key} must be positive")
+    if lc.batch_size % lc.minibatches:
+        raise ConfigError(f"learner.batch_size ({lc.batch_size}) must be a multiple of "
+                          f"learner.minibatches ({lc.minibatches}): a minibatch holds whole unrolls")
+    if not 0 < lc.popart_beta <= 1:
+        raise ConfigError(f"learner.popart_beta must lie in (0, 1], got {lc.popart_beta}")
+
+
+class RunDirError(Error):
+    """A run directory that cannot be used as asked (another run is there, or none to resume)."""
+
+
+class RunDir:
+    """The files of one run directory."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.config = self.path / "config.yaml"
+        self.checkpoint = self.path / "checkpoint.pt"
+        self.episodes = self.path / "episodes.csv"
+
+    def check_new(self):
+        """RunDirError if the directory already holds a run: a new run would mix with it."""
+        if self.config.exists():
+            raise RunDirError(f"--logdir {self.path} already holds a run (config.yaml); pass --resume to "
+                              "continue it, or choose another --logdir")
+
+    def check_resumable(self):
+        """RunDirError unless the directory holds a run with a checkpoint to continue from."""
+        if not self.config.is_file():
+            raise RunDirError(f"--resume: {self.path} holds no run (no config.yaml); "
+                              "start it without --resume first")
+        if not self.checkpoint.is_file():
+            raise RunDirError(f"--resume: {self.path} holds no checkpoint.pt to continue from")
+
+    def write_config(self, cfg):
+        from learner.checkpoint import atomic_write
+        atomic_write(self.config, config_yaml(cfg))
+
+    def open_episodes(self):
+        """episodes.csv for appending (with its header if new): (file, csv writer)."""
+        f = open(self.episodes, "a", newline="")
+        writer = csv.writer(f)
+        if f.tell() == 0:
+            writer.writerow(["frames", "return", "length"])
+        return f, writer
+
+
+class Training:
+    def __init__(self, cfg, resume=False, address=None):
+        """cfg: the resolved Config (cfg.run.logdir set); resume: continue from the directory's
+        checkpoint; address: a Ray cluster to join (default: start Ray here)."""
+        check_config(cfg)
+        self.cfg, self.resume, self.address = cfg, resume, address
+        self.dir = RunDir(cfg.run.logdir)
+        self.stop = None            # what stopped the run: a signal number or "on_report"
+
+    def _on_signal(self, signum, frame):
+        if self.stop is not None:   # a second Ctrl-C: give up on the clean exit
+            raise KeyboardInterrupt
+        self.stop = signum
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint and stopping "
+              "(press Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+
+    def run(self, progress=True, on_report=None):
+        """Train until run.total_frames or a stop signal; returns a summary dict (frames,
+        start_frames, stopped_by, final_return, episodes, logdir, wall_time_s). `on_report(report,
+        service)` is called after each interval (tests and benchmarks use it to watch or interfere
+        with a live run); returning True stops the run as a signal would."""
+        import ray
+
+        from learner import checkpoint
+
+        self.dir.path.mkdir(parents=True, exist_ok=True)
+        payload = checkpoint.read(self.dir.checkpoint) if self.resume else None
+        started_ray = cluster.start_ray(self.cfg, self.address)
+        service, previous = None, {}
+        try:
+            if self.address:
+                cluster.check_cluster_fits(self.cfg)
+            from .service import LearnerService
+            service = ray.remote(LearnerService).options(**cluster.learner_resources(self.cfg)).remote(
+                config_to_dict(self.cfg), payload, str(self.dir.checkpoint))
+            state = ray.get(service.state.remote())
+            if state["error"]:
+                raise checkpoint.CheckpointError(state["error"])
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, self._on_signal)
+            return self._loop(service, state, progress, on_report)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if service is not None:
+                try:
+                    ray.get(service.close.remote(), timeout=30)
+                except Exception:  # noqa: BLE001  shutting down: nothing left to save here
+                    pass
+                ray.kill(service)
+            if started_ray:
+                ray.shutdown()
+
+    def _loop(self, service, state, progress, on_report):
+        import ray
+        from tqdm import tqdm
+
+        from learner import checkpoint
+
+        from .tensorboard import TensorBoardLogger
+
+        cfg = self.cfg
+        frames, extra = state["frames"], state["extra"]
+        recent = deque(extra.get("recent_returns", []), maxlen=100)
+        wall = extra.get("wall_time_s", 0.0)
+        if not self.resume:
+            self.dir.write_config(cfg)
+        # purge_step drops events a crash left beyond the checkpoint, so the curves continue cleanly.
+        logger = TensorBoardLogger(self.dir.path, None if self.resume else cfg,
+                                   purge_step=frames if self.resume else None)
+        episodes_file, episodes = self.dir.open_episodes()
+        t0 = last_save = time.monotonic()
+
+        def save():
+            extra = {"recent_returns": list(recent), "wall_time_s": wall + time.monotonic() - t0}
+            checkpoint.save_atomic(ray.get(service.checkpoint_payload.remote(extra)), self.dir.checkpoint)
+
+        bar = tqdm(total=cfg.run.total_frames, initial=frames, unit="frame", unit_scale=True,
+                   dynamic_ncols=True, disable=not progress, desc=self.dir.path.name)
+        while frames < cfg.run.total_frames and self.stop is None:
+            report = ray.get(service.run.remote(min(cfg.run.log_interval_s, 5.0) if progress
+                                                else cfg.run.log_interval_s))
+            bar.update(report["frames"] - frames)
+            frames, stats = report["frames"], report["stats"]
+            if report["episodes"]:
+                returns = [r for r, _ in report["episodes"]]
+                recent.extend(returns)
+                stats["episode/return"] = float(sum(returns) / len(returns))
+                stats["episode/length"] = float(sum(n for _, n in report["episodes"]) / len(returns))
+                episodes.writerows((frames, r, n) for r, n in report["episodes"])
+            logger.scalars(stats, frames)
+            self._show(bar, progress, frames, stats, recent)
+            if on_report is not None and on_report(report, service):
+                self.stop = "on_report"
+            if time.monotonic() - last_save >= cfg.run.checkpoint_interval_s:
+                save()
+                last_save = time.monotonic()
+        save()
+        bar.close()
+        logger.close()
+        episodes_file.close()
+        stopped_by = self.stop and (signal.Signals(self.stop).name if isinstance(self.stop, int) else self.stop)
+        return {"frames": frames, "start_frames": state["frames"], "stopped_by": stopped_by,
+                "final_return": sum(recent) / len(recent) if recent else None,
+                "episodes": len(recent), "logdir": str(self.dir.path),
+                "wall_time_s": wall + time.monotonic() - t0}
+
+    @staticmethod
+    def _show(bar, progress, frames, stats, recent):
+        mean_return = sum(recent) / len(recent) if recent else float("nan")
+        # The learner's health at a glance: how often the gradient clip acts, the advantages' spread.
+        health = (f"clip {stats['learner/clip_fraction']:.2f}, adv std {stats['learner/adv_std']:.3g}"
+                  if "learner/clip_fraction" in stats else "")
+        bar.set_postfix_str(f"{stats['perf/env_frames_per_s']:,.0f} frames/s, "
+                            f"return {mean_return:.2f} (last {len(recent)}), {health}", refresh=False)
+        if not progress:
+            print(f"frames {frames:,}  {stats['perf/env_frames_per_s']:,.0f} frames/s  "
+                  f"return {mean_return:.2f}  {health}", flush=True)
