@@ -106,6 +106,8 @@ class RunConfig:
     logdir: str = _f("", "run directory; empty: runs/<env>-<core>-<date-time>")
     max_rollouts_in_flight: int = _f(2, "rollout calls pending per actor (back-pressure keeps memory flat)")
     checkpoint_interval_s: float = _f(600.0, "seconds between checkpoints (also at the end and on a signal)")
+    save_at_frames: list[int] = _f((), "frame counts at which a copy of the checkpoint is kept as "
+                                   "checkpoint_<frames>.pt (e.g. [200e6] for the paper's 50M-step results)")
     log_interval_s: float = _f(10.0, "seconds between TensorBoard points and progress lines")
 
 
@@ -130,9 +132,15 @@ def _coerce(key, value, f):
     """Check (and gently convert) `value` for dataclass field `f`; `key` names it in messages."""
     typ = f.type
     if isinstance(typ, str):  # a postponed annotation
-        typ = eval(typ, {"int": int, "float": float, "bool": bool, "str": str})  # noqa: S307
+        typ = eval(typ, {"int": int, "float": float, "bool": bool, "str": str, "list": list})  # noqa: S307
     if typing.get_origin(typ) in (typing.Union, types.UnionType):
         typ = next(t for t in typing.get_args(typ) if t is not type(None))
+    if typing.get_origin(typ) is list:   # a list of one scalar type, each element checked
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list (e.g. [1, 2]), got {value!r}")
+        item = dataclasses.field()
+        item.type = typing.get_args(typ)[0]
+        return tuple(_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value))
     if typ is bool:
         if isinstance(value, str) and value.lower() in ("true", "false"):
             value = value.lower() == "true"

@@ -8,6 +8,8 @@ A run directory (`RunDir`, cfg.run.logdir) holds:
 - `config.yaml`: the resolved config (written atomically when the run starts);
 - `checkpoint.pt`: everything needed to continue (written atomically every
   run.checkpoint_interval_s, at the end, and on SIGINT/SIGTERM);
+- `checkpoint_<M>.pt`: a kept copy at each frame count M of run.save_at_frames (the first update
+  at or past M; `eval --checkpoint` takes it);
 - `episodes.csv`: every finished game (frames, return, length), appended as they come;
 - TensorBoard events: the tags of DESIGN.md and the learner's health, x = environment frames.
 
@@ -180,15 +182,21 @@ class Training:
         episodes_file, episodes = self.dir.open_episodes()
         t0 = last_save = time.monotonic()
 
-        def save():
+        def save(*paths):
             extra = {"recent_returns": list(recent), "wall_time_s": wall + time.monotonic() - t0}
-            checkpoint.save_atomic(ray.get(service.checkpoint_payload.remote(extra)), self.dir.checkpoint)
+            payload = ray.get(service.checkpoint_payload.remote(extra))
+            for path in paths or (self.dir.checkpoint,):
+                checkpoint.save_atomic(payload, path)
 
+        # Milestones still ahead (run.save_at_frames): the service stops at each, so the copy kept
+        # there holds exactly the first update at or past it.
+        milestones = sorted(m for m in set(cfg.run.save_at_frames) if frames < m <= cfg.run.total_frames)
         bar = tqdm(total=cfg.run.total_frames, initial=frames, unit="frame", unit_scale=True,
                    dynamic_ncols=True, disable=not progress, desc=self.dir.path.name)
         while frames < cfg.run.total_frames and self.stop is None:
             report = ray.get(service.run.remote(min(cfg.run.log_interval_s, 5.0) if progress
-                                                else cfg.run.log_interval_s))
+                                                else cfg.run.log_interval_s,
+                                                milestones[0] if milestones else None))
             bar.update(report["frames"] - frames)
             frames, stats = report["frames"], report["stats"]
             if report["episodes"]:
@@ -201,7 +209,10 @@ class Training:
             self._show(bar, progress, frames, stats, recent)
             if on_report is not None and on_report(report, service):
                 self.stop = "on_report"
-            if time.monotonic() - last_save >= cfg.run.checkpoint_interval_s:
+            if milestones and frames >= milestones[0]:
+                save(self.dir.checkpoint, self.dir.path / f"checkpoint_{milestones.pop(0)}.pt")
+                last_save = time.monotonic()
+            elif time.monotonic() - last_save >= cfg.run.checkpoint_interval_s:
                 save()
                 last_save = time.monotonic()
         save()

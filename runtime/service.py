@@ -61,9 +61,11 @@ class LearnerService:
         return {"frames": self.learner.frames, "version": self.learner.version, "extra": self.extra,
                 "error": self.error}
 
-    def run(self, seconds):
-        """Train for about `seconds` (or until run.total_frames); return what happened meanwhile."""
-        learner, total = self.learner, self.cfg.run.total_frames
+    def run(self, seconds, until_frames=None):
+        """Train for about `seconds`, or until run.total_frames (or `until_frames`, if sooner) are
+        consumed; return what happened meanwhile."""
+        learner = self.learner
+        total = self.cfg.run.total_frames if until_frames is None else min(until_frames, self.cfg.run.total_frames)
         start, frames0, restarts0 = time.monotonic(), learner.frames, self.restarts
         stats, episodes, lags = defaultdict(list), [], []
         while time.monotonic() - start < seconds and learner.frames < total:

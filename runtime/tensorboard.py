@@ -28,7 +28,9 @@ class TensorBoardLogger:
     def log_config(self, cfg, metrics=("episode/return",)):
         config = config_to_dict(cfg)
         self.writer.add_text("config", "```yaml\n" + yaml.safe_dump(config, sort_keys=False) + "```", 0)
-        flat = {f"{section}.{key}": value for section, fields in config.items() for key, value in fields.items()}
+        # hparams take scalars only: lists (run.save_at_frames) as their text.
+        flat = {f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(list(value))
+                for section, fields in config.items() for key, value in fields.items()}
         # Into this run's own event file (SummaryWriter.add_hparams would open a sub-run for them).
         for summary in hparams(flat, {tag: 0.0 for tag in metrics}):
             self.writer.file_writer.add_summary(summary)

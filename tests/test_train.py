@@ -101,9 +101,12 @@ def test_cartpole_is_learned(tmp_path, core):
     """Random play scores ~22 (measured with this preset: lstm 100-118, rdn 486-500 at 400k frames, seeds 1-3);
     a broken V-trace, loss sign or core stays at or below random."""
     cfg = load_config("cartpole", [f"model.core={core}", "run.total_frames=400000",
-                                   f"run.logdir={tmp_path / core}", "run.seed=1"])
+                                   f"run.logdir={tmp_path / core}", "run.seed=1", "run.save_at_frames=[100000]"])
     summary = Training(cfg).run(progress=False)
     assert summary["final_return"] is not None and summary["final_return"] > 60, summary
+    # The copy kept at 100k frames: the first update at or past them (a batch is 16 x 20 frames).
+    kept = checkpoint.read(tmp_path / core / "checkpoint_100000.pt")["counters"]["frames"]
+    assert 100000 <= kept < 100000 + 320
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
@@ -156,6 +159,7 @@ def no_ray(monkeypatch):
     (["--set", "learner.popart_beta=2"], "learner.popart_beta must lie in (0, 1], got 2.0"),
     (["--set", "learner.optimizer=sgd"], "learner.optimizer='sgd' is not a valid choice; choose one of rmsprop, adam"),
     (["--set", "learner.loss=ppo"], "learner.loss='ppo' is not a valid choice; choose one of impala, appo"),
+    (["--set", "run.save_at_frames=2e8"], "run.save_at_frames must be a list (e.g. [1, 2]), got '2e8'"),
 ])
 def test_bad_input_is_refused_before_ray(no_ray, capsys, argv, message, tmp_path):
     assert launch.main(["train", "--logdir", str(tmp_path / "x"), *argv]
