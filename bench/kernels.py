@@ -9,7 +9,8 @@ D=64): forward+backward (upstream gradient on y) and one acting step (T=1, under
 and out), each the median of CUDA-event timings (triton.testing.do_bench). Beside them: the reference
 PyTorch loop, cuDNN's nn.LSTM with hidden size H·D on the same B, T, and flash-linear-attention's
 fused_recurrent_delta_rule when `fla` imports (it has no per-step reset: it runs without one). Then
-the whole 2-layer rdn core against the LSTM core at B=32, T=50, both with input size 256.
+the whole 2-layer rdn core (full BPTT, and with truncate_fast_weight_grad) against the LSTM core
+at B=32, T=50, all with input size 256.
 """
 import argparse
 import inspect
@@ -137,9 +138,10 @@ def main():
 
     B, T = (2, 3) if opts.smoke else (32, 50)
     core_label = f"core B={B} T={T} in=256"
-    core_names = {"rdn": "rdn core (2 layers, 4 heads of 32)", "lstm": "lstm core (hidden 256)"}
-    for name in ("rdn", "lstm"):
-        core = make_core(name, 256).to(device)
+    core_names = {"rdn": "rdn core (2 layers, 4 heads of 32)", "lstm": "lstm core (hidden 256)",
+                  "rdn_cut": "rdn core, truncate_fast_weight_grad"}
+    for name in ("rdn", "lstm", "rdn_cut"):
+        core = make_core(name.removesuffix("_cut"), 256, truncate_fast_weight_grad=name.endswith("_cut")).to(device)
         x = torch.randn(T, B, 256, device=device)
         reset = torch.zeros(T, B, dtype=torch.bool, device=device)
         reset[T // 2, 0] = True

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .layers import FEATURE_MAPS, FastWeightLayer, FeedForward
+from .layers import FEATURE_MAPS, RDN_INITS, FastWeightLayer, FeedForward
 
 # Core name -> fast-weight rule (None: the LSTM baseline).
 CORES = {
@@ -43,10 +43,17 @@ class CoreConfig:
     num_heads: int = _f(4, "RFWP: heads per fast-weight layer")
     head_dim: int = _f(32, "RFWP: per-head key/value size D (fast weights are D x D per head)")
     ff_dim: int = _f(512, "RFWP: hidden width of the feed-forward blocks")
-    feature_map: str = _f("softmax", "RFWP: the map of q and k for linear_transformer and delta_net "
-                          "(elu_p1: elu+1, sum-normalised); the other rules use softmax inside", FEATURE_MAPS)
-    truncate_fast_weight_grad: bool = _f(False, "RFWP: no gradient through the fast weights across steps "
-                                         "(the paper's RL code); false: full BPTT over the unroll")
+    feature_map: str = _f("paper", "RFWP: the map of q and k. paper: each rule's map in the paper's code "
+                          "(elu+1 divided by its sum + 1e-5 for linear_transformer, delta_net and delta_lstm's "
+                          "feed-forward q, k; softmax inside rdn and delta_rnn); softmax or elu_p1 where the "
+                          "map is outside the recurrence", FEATURE_MAPS)
+    truncate_fast_weight_grad: bool = _f(False, "RFWP: no gradient through the fast weights and the previous "
+                                         "output across steps (the paper's RL code); false: full BPTT over "
+                                         "the unroll")
+    fw_bias: bool = _f(True, "RFWP: biases in the slow nets and output projections of the fast-weight "
+                       "layers (the paper's have none)")
+    rdn_init: str = _f("small", "RFWP rdn: R_q, R_k, R_v ~ N(0, 0.01/D) and r_b = 0 (small), or all "
+                       "~ N(0, 1/D) (paper)", RDN_INITS)
     hidden_size: int = _f(256, "LSTM: hidden size")
     lstm_layers: int = _f(1, "LSTM: layers")
 
@@ -132,7 +139,7 @@ class RFWPCore(Core):
         self.fw_norms = nn.ModuleList(nn.LayerNorm(cfg.d_model) for _ in range(cfg.num_layers))
         self.fw_layers = nn.ModuleList(
             FastWeightLayer(cfg.d_model, cfg.num_heads, cfg.head_dim, rule, cfg.feature_map,
-                            cfg.truncate_fast_weight_grad) for _ in range(cfg.num_layers))
+                            cfg.truncate_fast_weight_grad, cfg.fw_bias, cfg.rdn_init) for _ in range(cfg.num_layers))
         self.ff_norms = nn.ModuleList(nn.LayerNorm(cfg.d_model) for _ in range(cfg.num_layers))
         self.ff_layers = nn.ModuleList(FeedForward(cfg.d_model, cfg.ff_dim) for _ in range(cfg.num_layers))
         self._per_layer = len(self.fw_layers[0].initial_state(1, device="meta"))

@@ -13,33 +13,46 @@ from . import ops
 from .ops.delta_rule.naive import delta_update
 
 RULES = ("sum_rule", "delta_rule", "rdn", "delta_rnn", "delta_lstm")
-FEATURE_MAPS = ("softmax", "elu_p1")
+# "paper": each rule's map in the paper's code: elu_p1 for sum_rule and delta_rule (RL code) and for
+# delta_lstm's feed-forward q, k (its LM code); softmax for rdn and delta_rnn, whose maps see the
+# recurrence. softmax and elu_p1 are selectable where the map sits outside the recurrence.
+FEATURE_MAPS = ("paper", "softmax", "elu_p1")
+PAPER_FEATURE_MAP = {"sum_rule": "elu_p1", "delta_rule": "elu_p1", "rdn": "softmax", "delta_rnn": "softmax",
+                     "delta_lstm": "elu_p1"}
+ELU_P1_EPS = 1e-5   # the paper's RL code: elu(x) + 1 divided by (its sum + 1e-5)
+RDN_INITS = ("small", "paper")
 
 
 def feature_map(x, kind):
-    """φ over the head dimension: softmax, or elu+1 normalised to sum to one."""
+    """φ over the head dimension: softmax, or elu+1 divided by (its sum + 1e-5)."""
     if kind == "softmax":
         return torch.softmax(x, dim=-1)
     x = F.elu(x) + 1.0
-    return x / x.sum(dim=-1, keepdim=True)
+    return x / (x.sum(dim=-1, keepdim=True) + ELU_P1_EPS)
 
 
 class FastWeightLayer(nn.Module):
     """x [T, B, d_model] -> y [T, B, d_model]; the recurrent state is a tuple of [B, ...] tensors."""
 
-    def __init__(self, d_model, num_heads, head_dim, rule, feature_map="softmax",
-                 truncate_fast_weight_grad=False):
+    def __init__(self, d_model, num_heads, head_dim, rule, feature_map="paper",
+                 truncate_fast_weight_grad=False, bias=True, rdn_init="small"):
+        """feature_map: see FEATURE_MAPS; bias: the slow net and the output projection have biases
+        (the paper's layers have none); rdn_init: "small" (R ~ N(0, 0.01/D), r_b = 0: the recurrence
+        starts gentle) or "paper" (R and r_b ~ N(0, 1/D))."""
         super().__init__()
         if rule not in RULES:
             raise ValueError(f"unknown fast-weight rule {rule!r}; choose one of {', '.join(RULES)}")
         if feature_map not in FEATURE_MAPS:
             raise ValueError(f"unknown feature_map {feature_map!r}; choose one of {', '.join(FEATURE_MAPS)}")
-        if rule in ("rdn", "delta_rnn", "delta_lstm") and feature_map != "softmax":
-            # These rules apply softmax to recurrent signals inside the step (DESIGN.md).
+        if rule in ("rdn", "delta_rnn") and feature_map == "elu_p1":
+            # These rules apply softmax to signals that see the recurrence, inside the step.
             raise ValueError(f"rule {rule!r} uses the softmax feature map inside its recurrence; "
-                             f"feature_map={feature_map!r} is only available for sum_rule and delta_rule")
+                             f"feature_map={feature_map!r} is only available for sum_rule, delta_rule and "
+                             "delta_lstm (its feed-forward q and k)")
+        if rdn_init not in RDN_INITS:
+            raise ValueError(f"unknown rdn_init {rdn_init!r}; choose one of {', '.join(RDN_INITS)}")
         self.rule, self.H, self.D = rule, num_heads, head_dim
-        self.phi = feature_map
+        self.phi = PAPER_FEATURE_MAP[rule] if feature_map == "paper" else feature_map
         self.truncate = truncate_fast_weight_grad
         D = head_dim
         # Per-head slow-net output sizes, in the order they are split below.
@@ -50,12 +63,14 @@ class FastWeightLayer(nn.Module):
             "delta_rnn": [D, D, D, 1, D, D, 1],          # q k v β k_r v_r β_r
             "delta_lstm": [D, D, D, 1] * 3 + [D, D, 1] * 3,
         }[rule]
-        self.slow_net = nn.Linear(d_model, num_heads * sum(self.parts))
-        self.out_proj = nn.Linear(num_heads * D, d_model)
+        self.slow_net = nn.Linear(d_model, num_heads * sum(self.parts), bias=bias)
+        self.out_proj = nn.Linear(num_heads * D, d_model, bias=bias)
         if rule == "rdn":
-            # Per-head recurrent matrices of the slow net, small so the recurrence starts gentle.
-            self.R = nn.Parameter(torch.randn(3, num_heads, D, D) * (0.1 / D ** 0.5))
-            self.rb = nn.Parameter(torch.zeros(num_heads, D))
+            # Per-head recurrent matrices of the slow net and the β recurrence.
+            std = D ** -0.5 if rdn_init == "paper" else 0.1 * D ** -0.5
+            self.R = nn.Parameter(torch.randn(3, num_heads, D, D) * std)
+            self.rb = nn.Parameter(torch.randn(num_heads, D) * D ** -0.5 if rdn_init == "paper"
+                                   else torch.zeros(num_heads, D))
 
     def initial_state(self, batch_size, device=None, dtype=torch.float32):
         B, H, D = batch_size, self.H, self.D
@@ -69,45 +84,41 @@ class FastWeightLayer(nn.Module):
         return tuple(torch.zeros(s, device=device, dtype=dtype) for s in shapes)
 
     def forward(self, x, state, reset=None):
-        if not self.truncate:
-            y, state = self._run(x, state, reset)
-        else:
-            # The published code's gradient cut: the state entering each step is detached, so no
-            # gradient crosses time through the fast weights (a reproduction option, not a default).
-            ys = []
-            for t in range(x.shape[0]):
-                state = tuple(s.detach() for s in state)
-                y_t, state = self._run(x[t:t + 1], state, None if reset is None else reset[t:t + 1])
-                ys.append(y_t)
-            y = torch.cat(ys)
+        # With truncate (the paper's RL code) each op runs the whole unroll in one call and its
+        # backward treats the carried state as a constant at every step, instead of computing the
+        # gradient through time to discard it.
+        y, state = self._run(x, state, reset)
         return self.out_proj(y.flatten(2)), state
 
     def _run(self, x, state, reset):
         T, B, _ = x.shape
-        H, D = self.H, self.D
+        H, D, cut = self.H, self.D, self.truncate
         p = self.slow_net(x).view(T, B, H, -1).split(self.parts, dim=-1)
         if self.rule == "sum_rule":
             q, k, v = p
-            y, W = ops.sum_rule(feature_map(q, self.phi), feature_map(k, self.phi), v, state, reset)
+            y, W = ops.sum_rule(feature_map(q, self.phi), feature_map(k, self.phi), v, state, reset, truncate=cut)
             return y, (W,)
         if self.rule == "delta_rule":
             q, k, v, b = p
             y, W = ops.delta_rule(feature_map(q, self.phi), feature_map(k, self.phi), v,
-                                  torch.sigmoid(b.squeeze(-1)), state, reset)
+                                  torch.sigmoid(b.squeeze(-1)), state, reset, truncate=cut)
             return y, (W,)
         if self.rule == "rdn":
             qx, kx, vx, bx = p
             Rq, Rk, Rv = self.R
-            return ops.rdn(qx, kx, vx, bx.squeeze(-1), Rq, Rk, Rv, self.rb, state, reset)
+            return ops.rdn(qx, kx, vx, bx.squeeze(-1), Rq, Rk, Rv, self.rb, state, reset, truncate=cut)
         if self.rule == "delta_rnn":
             q, k, v, b, kr, vr, br = p
             return ops.delta_rnn(torch.softmax(q, -1), torch.softmax(k, -1), v,
                                  torch.sigmoid(b.squeeze(-1)), torch.softmax(kr, -1), vr,
-                                 torch.sigmoid(br.squeeze(-1)), state, reset)
+                                 torch.sigmoid(br.squeeze(-1)), state, reset, truncate=cut)
         return self._delta_lstm(p, state, reset)
 
     def _delta_lstm(self, p, state, reset):
-        """Delta LSTM (the paper's v4). The three gate pre-activations z_i, z_u, z_o come from three
+        """Delta LSTM: the paper's language-model Delta LSTM (v4) adapted to RL (the paper's RL code
+        has no Delta LSTM). As in the LM code: the three feed-forward q, k use elu+1 with sum
+        normalisation (feature_map "paper"), the recurrent keys softmax, and the layer's output is
+        scaled by 1/sqrt(d_head). The three gate pre-activations z_i, z_u, z_o come from three
         delta-rule nets run as one op call over 3H heads; the recurrent fast matrices R_i, R_u, R_o
         are read with softmax(h_{t-1}), which the op cannot see ahead of time, hence the loop."""
         T, B, H, D = p[0].shape[0], p[0].shape[1], self.H, self.D
@@ -115,13 +126,15 @@ class FastWeightLayer(nn.Module):
         ff, rec = p[:12], p[12:]
         gate = lambda parts: torch.cat(parts, dim=2)  # noqa: E731  3 gates -> 3H heads
         q, k, v, b = (gate(ff[i::4]) for i in range(4))
-        z, W = ops.delta_rule(torch.softmax(q, -1), torch.softmax(k, -1), v,
-                              torch.sigmoid(b.squeeze(-1)), W, reset)
+        z, W = ops.delta_rule(feature_map(q, self.phi), feature_map(k, self.phi), v,
+                              torch.sigmoid(b.squeeze(-1)), W, reset, truncate=self.truncate)
         kr, vr, br = (gate(rec[i::3]) for i in range(3))
         kr, br = torch.softmax(kr, -1), torch.sigmoid(br.squeeze(-1))
         acc = R.dtype
         hs = []
         for t in range(T):
+            if self.truncate:
+                R, h, c = R.detach(), h.detach(), c.detach()
             if reset is not None:
                 keep = (~reset[t]).to(acc)
                 R = R * keep[:, None, None, None]
@@ -133,7 +146,8 @@ class FastWeightLayer(nn.Module):
             c = i * zu + (1 - i) * c
             h = o * c
             hs.append(h)
-        return torch.stack(hs), (W, R, h, c)
+        # The LM code scales the layer's output (not the carried h) by 1/sqrt(d_head).
+        return torch.stack(hs) * D ** -0.5, (W, R, h, c)
 
 
 class FeedForward(nn.Module):

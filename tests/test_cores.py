@@ -110,7 +110,7 @@ def test_unknown_core_lists_the_known_ones():
 def test_unknown_option_and_bad_feature_map():
     with pytest.raises(ValueError, match="unknown core option.*heads.*valid:.*num_heads"):
         make_core("rdn", 10, heads=3)
-    with pytest.raises(ValueError, match="unknown feature_map 'relu'; choose one of softmax, elu_p1"):
+    with pytest.raises(ValueError, match="unknown feature_map 'relu'; choose one of paper, softmax, elu_p1"):
         make_core("delta_net", 10, feature_map="relu")
     with pytest.raises(ValueError, match="softmax feature map inside its recurrence"):
         make_core("rdn", 10, feature_map="elu_p1")
@@ -131,7 +131,7 @@ def test_bad_core_input_is_named(name):
 
 
 def test_elu_feature_map_runs_and_differs():
-    a, b = _core("delta_net"), _core("delta_net", feature_map="elu_p1")
+    a, b = _core("delta_net", feature_map="softmax"), _core("delta_net", feature_map="elu_p1")
     x = torch.randn(4, 2, IN, dtype=torch.float64)
     ya, yb = a(x, a.initial_state(2))[0], b(x, b.initial_state(2))[0]
     assert torch.isfinite(yb).all() and not torch.allclose(ya, yb)

@@ -60,21 +60,24 @@ def poisoned(monkeypatch):
     return proxies
 
 
-def _run(op, args, state, reset, backend, state_grad, seed=0):
+def _run(op, args, state, reset, backend, state_grad, seed=0, truncate=False):
     """Outputs (y and the final state) and the gradients of a random linear functional of all of
-    them (so every output element matters) w.r.t. the inputs and, if state_grad, the state."""
+    them (so every output element matters) w.r.t. the inputs and, if state_grad, the state (zeros
+    where it gets none)."""
     device = DEVICE if backend == "triton" else "cpu"
     args = [a.detach().to(device).requires_grad_() for a in args]
     if state is not None:
         state = [s.detach().to(device).requires_grad_(state_grad) for s in state]
     reset = None if reset is None else reset.to(device)
     y, final = getattr(ops, op)(*args, state=None if state is None else tuple(state), reset=reset,
-                                backend=backend)
+                                backend=backend, truncate=truncate)
     outs = [y, *as_tuple(final)]
     g = torch.Generator().manual_seed(seed)
     loss = sum((o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum() for o in outs)
     wrt = args + (state if state is not None and state_grad else [])
-    return [o.cpu() for o in outs], [g.cpu() for g in torch.autograd.grad(loss, wrt)]
+    grads = torch.autograd.grad(loss, wrt, allow_unused=truncate)
+    grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, wrt)]
+    return [o.cpu() for o in outs], [g.cpu() for g in grads]
 
 
 def _check(got, want, tol, what):
@@ -93,7 +96,7 @@ CASES = {
 }
 
 
-def _compare(op, case, dtype, monkeypatch):
+def _compare(op, case, dtype, monkeypatch, truncate=False):
     T, B, H, D, state_kind, resets, every = CASES[case]
     monkeypatch.setattr(tu, "CHECKPOINT_EVERY", every)
     args, state, reset = random_case(op, T, B, H, D, seed=T * 100 + D, reset_p=0)
@@ -105,16 +108,19 @@ def _compare(op, case, dtype, monkeypatch):
     for t, b in resets or []:
         reset[t, b] = True
     grad = state_kind == "grad"
-    outs, grads = _run(op, args, state, reset, "triton", grad)
+    outs, grads = _run(op, args, state, reset, "triton", grad, truncate=truncate)
     ref_outs, ref_grads = _run(op, [a.double() for a in args],
                                None if state is None else [s.double() for s in state], reset,
-                               "reference", grad)
+                               "reference", grad, truncate=truncate)
     assert outs[0].dtype == dtype and all(s.dtype == acc for s in outs[1:])
     assert len(grads) == len(ref_grads)
     for i, (a, b) in enumerate(zip(outs, ref_outs)):
         _check(a, b, TOL[dtype], f"{op} output {i}")
     for i, (a, b) in enumerate(zip(grads, ref_grads)):
         assert a.dtype == (args + (state or []))[i].dtype
+        if truncate and i >= len(args):     # the initial state: exactly none through truncation
+            assert torch.count_nonzero(a) == 0 and torch.count_nonzero(b) == 0, f"{op} state gradient"
+            continue
         _check(a, b, TOL[dtype], f"{op} gradient of input {i}")
 
 
@@ -128,6 +134,14 @@ def test_float32_matches_reference(op, case, monkeypatch):
 @pytest.mark.parametrize("op", OPS)
 def test_float64_matches_reference_to_rounding(op, case, monkeypatch):
     _compare(op, case, torch.float64, monkeypatch)
+
+
+@pytest.mark.parametrize("case", ["D5-resets-state_grad", "D3-checkpoint_every_2"])
+@pytest.mark.parametrize("op", OPS)
+def test_truncated_backward_matches_the_truncated_reference(op, case, monkeypatch):
+    """truncate=True: the kernels' backward drops the gradient through the carried state at every
+    step (not computed and discarded): the same gradients as the reference's per-step detach."""
+    _compare(op, case, torch.float32, monkeypatch, truncate=True)
 
 
 @pytest.mark.parametrize("op", OPS)

@@ -124,3 +124,38 @@ def test_unknown_backend_lists_the_choices(monkeypatch):
     monkeypatch.setenv("FWP_BACKEND", "fast")
     with pytest.raises(ValueError, match="'fast'"):
         ops.sum_rule(*args)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_truncated_op_equals_one_call_per_step_with_the_state_detached(op):
+    """truncate=True: the same values, and the gradients of calling the op one step at a time with
+    the carried state detached in between (the paper's RL code: no gradient crosses steps through
+    the state); the initial state gets none."""
+    T, B, H, D = 4, 2, 2, 3
+    args, state, reset = random_case(op, T, B, H, D, seed=7)
+    reset[2, 1] = True
+    timed = 4 if op == "rdn" else len(args)                 # rdn's R, r_b are weights, not per step
+    f = getattr(ops, op)
+    a1 = [a.clone().requires_grad_() for a in args]
+    s1 = [s.clone().requires_grad_() for s in state]
+    y, final = f(*a1, state=tuple(s1), reset=reset, backend="reference", truncate=True)
+    a2 = [a.clone().requires_grad_() for a in args]
+    s, ys = tuple(state), []
+    for t in range(T):
+        step = [a[t:t + 1] for a in a2[:timed]] + a2[timed:]
+        y_t, s = f(*step, state=tuple(x.detach() for x in as_tuple(s)), reset=reset[t:t + 1],
+                   backend="reference")
+        ys.append(y_t)
+    y_ref, final_ref = torch.cat(ys), as_tuple(s)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    g = torch.autograd.grad(_weighted(y), a1 + s1, allow_unused=True)
+    g_ref = torch.autograd.grad(_weighted(y_ref), a2)
+    for i, (a, b) in enumerate(zip(g, g_ref)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=lambda m: f"input {i}: {m}")
+    assert all(x is None for x in g[len(a1):]), "the initial state got a gradient through truncation"
+    full = torch.autograd.grad(_weighted(f(*a1, state=tuple(s1), reset=reset, backend="reference")[0]), a1)
+    assert any(not torch.allclose(a, b) for a, b in zip(full, g)), "truncation changed no gradient"
+
+
+def _weighted(y):
+    return (y * torch.linspace(-1, 2, y.numel(), dtype=y.dtype).view_as(y)).sum()

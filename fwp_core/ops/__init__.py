@@ -8,7 +8,9 @@
 Time-major: sequences are [T, B, H, D], per-step scalars [T, B, H], fast weights [B, H, Dk, Dv].
 `reset[t, b]` zeroes sequence b's whole state before step t. `state=None` means zeros. The state is
 kept and returned in float32 (float64 when an input is float64); y has the inputs' dtype.
-Gradients reach every input, the initial state included.
+Gradients reach every input, the initial state included; with `truncate=True` no gradient crosses
+steps through the state (the paper's RL code): step t's inputs get the gradient of step t's own
+output, the carried state is a constant to it, and the initial state gets none.
 
 `backend`: "reference" (the plain PyTorch loops in `<rule>/naive.py`) or "triton" (the fused
 kernels in `<rule>/fused_recurrent.py`: CUDA tensors, head dims up to 64; on CPU only under
@@ -118,7 +120,7 @@ def _state(op, state, names_shapes, like, acc):
     return tuple(out)
 
 
-def sum_rule(q, k, v, state=None, reset=None, backend=None):
+def sum_rule(q, k, v, state=None, reset=None, backend=None, truncate=False):
     """Linear Transformer: W += k vᵀ; y = Wᵀ q. Returns (y [T, B, H, Dv], W [B, H, Dk, Dv])."""
     T, B, H = _check_sequences("sum_rule", {"q": q, "k": k, "v": v}, {})
     _same_last("sum_rule", ("q", q), ("k", k))
@@ -126,11 +128,11 @@ def sum_rule(q, k, v, state=None, reset=None, backend=None):
     (W,) = _state("sum_rule", state, [("W", (B, H, q.shape[-1], v.shape[-1]))], q, acc)
     reset = _check_reset("sum_rule", reset, T, B, q.device)
     if _pick_backend(backend, q) == "triton":
-        return _fused("sum_rule")(q, k, v, W, reset)
-    return sum_rule_naive(q, k, v, W, reset)
+        return _fused("sum_rule")(q, k, v, W, reset, truncate)
+    return sum_rule_naive(q, k, v, W, reset, truncate)
 
 
-def delta_rule(q, k, v, beta, state=None, reset=None, backend=None):
+def delta_rule(q, k, v, beta, state=None, reset=None, backend=None, truncate=False):
     """Delta Net: W += β k (v − Wᵀk)ᵀ; y = Wᵀ q. Returns (y [T, B, H, Dv], W [B, H, Dk, Dv])."""
     T, B, H = _check_sequences("delta_rule", {"q": q, "k": k, "v": v}, {"beta": beta})
     _same_last("delta_rule", ("q", q), ("k", k))
@@ -138,11 +140,11 @@ def delta_rule(q, k, v, beta, state=None, reset=None, backend=None):
     (W,) = _state("delta_rule", state, [("W", (B, H, q.shape[-1], v.shape[-1]))], q, acc)
     reset = _check_reset("delta_rule", reset, T, B, q.device)
     if _pick_backend(backend, q) == "triton":
-        return _fused("delta_rule")(q, k, v, beta, W, reset)
-    return delta_rule_naive(q, k, v, beta, W, reset)
+        return _fused("delta_rule")(q, k, v, beta, W, reset, truncate)
+    return delta_rule_naive(q, k, v, beta, W, reset, truncate)
 
 
-def rdn(qx, kx, vx, bx, Rq, Rk, Rv, rb, state=None, reset=None, backend=None):
+def rdn(qx, kx, vx, bx, Rq, Rk, Rv, rb, state=None, reset=None, backend=None, truncate=False):
     """Recurrent Delta Net (see rdn/naive.py). Returns (y [T, B, H, D], (W, y_last))."""
     seqs = {"qx": qx, "kx": kx, "vx": vx}
     T, B, H = _check_sequences("rdn", seqs, {"bx": bx})
@@ -155,11 +157,11 @@ def rdn(qx, kx, vx, bx, Rq, Rk, Rv, rb, state=None, reset=None, backend=None):
     W, y_last = _state("rdn", state, [("W", (B, H, D, D)), ("y_last", (B, H, D))], qx, acc)
     reset = _check_reset("rdn", reset, T, B, qx.device)
     if _pick_backend(backend, qx) == "triton":
-        return _fused("rdn")(qx, kx, vx, bx, Rq, Rk, Rv, rb, W, y_last, reset)
-    return rdn_naive(qx, kx, vx, bx, Rq, Rk, Rv, rb, W, y_last, reset)
+        return _fused("rdn")(qx, kx, vx, bx, Rq, Rk, Rv, rb, W, y_last, reset, truncate)
+    return rdn_naive(qx, kx, vx, bx, Rq, Rk, Rv, rb, W, y_last, reset, truncate)
 
 
-def delta_rnn(q, k, v, beta, kr, vr, br, state=None, reset=None, backend=None):
+def delta_rnn(q, k, v, beta, kr, vr, br, state=None, reset=None, backend=None, truncate=False):
     """Delta RNN (see delta_rnn/naive.py). Returns (y [T, B, H, D], (W, R, y_last))."""
     seqs = {"q": q, "k": k, "v": v, "kr": kr, "vr": vr}
     T, B, H = _check_sequences("delta_rnn", seqs, {"beta": beta, "br": br})
@@ -170,8 +172,8 @@ def delta_rnn(q, k, v, beta, kr, vr, br, state=None, reset=None, backend=None):
     W, R, y_last = _state("delta_rnn", state, shapes, q, acc)
     reset = _check_reset("delta_rnn", reset, T, B, q.device)
     if _pick_backend(backend, q) == "triton":
-        return _fused("delta_rnn")(q, k, v, beta, kr, vr, br, W, R, y_last, reset)
-    return delta_rnn_naive(q, k, v, beta, kr, vr, br, W, R, y_last, reset)
+        return _fused("delta_rnn")(q, k, v, beta, kr, vr, br, W, R, y_last, reset, truncate)
+    return delta_rnn_naive(q, k, v, beta, kr, vr, br, W, R, y_last, reset, truncate)
 
 
 def _same_last(op, *named):

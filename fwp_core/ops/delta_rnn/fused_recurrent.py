@@ -96,7 +96,7 @@ def _delta_rnn_fwd(z, kr, sk_t, sk_b, sk_h, vr, sv_t, sv_b, sv_h, br, sb_t, sb_b
 @triton.jit(do_not_specialize=["T", "B", "H"])
 def _delta_rnn_bwd(kr, sk_t, sk_b, sk_h, br, sb_t, sb_b, sb_h, RT, reset, p_buf, d_buf, ckpt,
                    dy, dRT, dyT, dz, dkr, dvr, dbr, dR0, dy0, T, B, H, D, BD: tl.constexpr,
-                   CK: tl.constexpr, HAS_RESET: tl.constexpr, ACC: tl.constexpr):
+                   CK: tl.constexpr, HAS_RESET: tl.constexpr, TRUNCATE: tl.constexpr, ACC: tl.constexpr):
     # p_buf, d_buf, dy, dz, dkr, dvr: [T, B, H, D] contiguous; dbr: [T, B, H].
     bh = tl.program_id(0).to(tl.int64)
     b, h = bh // H, bh % H
@@ -141,6 +141,9 @@ def _delta_rnn_bwd(kr, sk_t, sk_b, sk_h, br, sb_t, sb_b, sb_h, RT, reset, p_buf,
             G = tl.where(r_t, 0.0, G)
             g_next = tl.where(r_t, 0.0, g_next)
             at_ckpt = at_ckpt | r_t
+        if TRUNCATE:    # R_{t-1} and y_{t-1} are constants to step t: nothing flows further back
+            G = tl.zeros_like(G)
+            g_next = tl.zeros_like(g_next)
         if at_ckpt:
             c0 = t64 // CK * CK
             R = tl.load(ckpt + (t64 // CK) * B * H * D * D + w_off, mask=m2, other=0)
@@ -174,13 +177,14 @@ def _recurrent_forward(z, kr, vr, br, R0, y0, reset, save, y_dtype):
 
 
 class _DeltaRNNRecurrence(torch.autograd.Function):
-    """(z, kr, vr, br, R0, y0, reset, y_dtype) -> (y, R_final, y_final)."""
+    """(z, kr, vr, br, R0, y0, reset, y_dtype, truncate) -> (y, R_final, y_final)."""
 
     @staticmethod
-    def forward(ctx, z, kr, vr, br, R0, y0, reset, y_dtype):
+    def forward(ctx, z, kr, vr, br, R0, y0, reset, y_dtype, truncate):
         y, RT, yT, saved = _recurrent_forward(z, kr, vr, br, R0, y0, reset, True, y_dtype)
         ctx.save_for_backward(kr, br, RT, reset, *saved)
         ctx.dtypes = (z.dtype, kr.dtype, vr.dtype, br.dtype)
+        ctx.truncate = truncate
         return y, RT, yT
 
     @staticmethod
@@ -195,13 +199,13 @@ class _DeltaRNNRecurrence(torch.autograd.Function):
         _delta_rnn_bwd[(B * H,)](*tu.seq(kr), *tu.steps(br), RT, reset_bytes, p, d, ckpt,
                                  dy.contiguous(), dRT.contiguous(), dyT.contiguous(), dz, dkr, dvr,
                                  dbr, dR0, dy0, T, B, H, D, BD=BD, CK=tu.CHECKPOINT_EVERY,
-                                 HAS_RESET=has_reset, ACC=tu.acc_type(RT),
+                                 HAS_RESET=has_reset, TRUNCATE=ctx.truncate, ACC=tu.acc_type(RT),
                                  num_warps=tu.warps(BD * BD, tiles_held=4))
         dz_t, dk_t, dv_t, db_t = ctx.dtypes
-        return (dz.to(dz_t), dkr.to(dk_t), dvr.to(dv_t), dbr.to(db_t), dR0, dy0, None, None)
+        return (dz.to(dz_t), dkr.to(dk_t), dvr.to(dv_t), dbr.to(db_t), dR0, dy0, None, None, None)
 
 
-def fused_recurrent_delta_rnn(q, k, v, beta, kr, vr, br, W, R, y_last, reset):
+def fused_recurrent_delta_rnn(q, k, v, beta, kr, vr, br, W, R, y_last, reset, truncate=False):
     """q, k, v, kr, vr: [T, B, H, D]; beta, br: [T, B, H]; W, R: [B, H, D, D] and y_last: [B, H, D]
     in float32/64; reset: [T, B] bool or None. Returns y [T, B, H, D] in q's dtype and the final
     (W, R, y_last). Without gradients to compute (the acting path: T = 1 under no_grad) it runs the
@@ -209,8 +213,8 @@ def fused_recurrent_delta_rnn(q, k, v, beta, kr, vr, br, W, R, y_last, reset):
     inputs = (q, k, v, beta, kr, vr, br, W, R, y_last)
     tu.check_inputs("delta_rnn", _delta_rnn_fwd, inputs, (q.shape[-1],))
     if tu.needs_grad(*inputs):
-        z, WT = DeltaRule.apply(q, k, v, beta, W, reset, W.dtype)
-        y, RT, yT = _DeltaRNNRecurrence.apply(z, kr, vr, br, R, y_last, reset, q.dtype)
+        z, WT = DeltaRule.apply(q, k, v, beta, W, reset, W.dtype, truncate)
+        y, RT, yT = _DeltaRNNRecurrence.apply(z, kr, vr, br, R, y_last, reset, q.dtype, truncate)
     else:
         z, WT, _ = _delta_rule_forward(q, k, v, beta, W, reset, False, W.dtype)
         y, RT, yT, _ = _recurrent_forward(z, kr, vr, br, R, y_last, reset, False, q.dtype)

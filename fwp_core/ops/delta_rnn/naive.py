@@ -9,12 +9,15 @@ import torch
 from ..delta_rule.naive import delta_update
 
 
-def delta_rnn_naive(q, k, v, beta, kr, vr, br, W, R, y_last, reset):
+def delta_rnn_naive(q, k, v, beta, kr, vr, br, W, R, y_last, reset, truncate=False):
     """q, k, v, kr, vr: [T, B, H, D]; beta, br: [T, B, H]; W, R: [B, H, D, D]; y_last: [B, H, D];
-    reset: [T, B] bool or None. Returns y [T, B, H, D] in q's dtype and the final (W, R, y_last)."""
+    reset: [T, B] bool or None; truncate: no gradient crosses steps through W, R or y_{t-1}.
+    Returns y [T, B, H, D] in q's dtype and the final (W, R, y_last)."""
     acc = W.dtype
     ys = []
     for t in range(q.shape[0]):
+        if truncate:
+            W, R, y_last = W.detach(), R.detach(), y_last.detach()
         if reset is not None:
             keep = (~reset[t]).to(acc)
             W = W * keep[:, None, None, None]

@@ -11,6 +11,8 @@ forward stores δ_t (a [T, B, H, Dv] tensor, never W). With G_t = dL/dW_t:
     forward sweep:  dk −= W̃ dδ;  dq = W_t dy     (W replayed from W_0 with the stored δ: exact)
 The reverse sweep needs no W at all; the terms that do are added by a forward replay, so the
 backward stores nothing of size D² per step. dq, dk, dβ sum over columns: per-block partials.
+With truncation (TRUNCATE) G restarts from zero at every step (W_{t-1} is a constant to step t);
+the forward replay's dk −= W̃ dδ stays: k_t meets the constant W̃ in δ_t.
 """
 import torch
 import triton
@@ -73,7 +75,8 @@ def _delta_rule_fwd(q, sq_t, sq_b, sq_h, k, sk_t, sk_b, sk_h, v, sv_t, sv_b, sv_
 @triton.jit(do_not_specialize=["T", "B", "H"])
 def _delta_rule_bwd(q, sq_t, sq_b, sq_h, k, sk_t, sk_b, sk_h, beta, sb_t, sb_b, sb_h,
                     delta, W0, reset, dy, dWT, dq_part, dk_part, db_part, dv, dW0, T, B, H, DK, DV,
-                    BK: tl.constexpr, BV: tl.constexpr, HAS_RESET: tl.constexpr, ACC: tl.constexpr):
+                    BK: tl.constexpr, BV: tl.constexpr, HAS_RESET: tl.constexpr, TRUNCATE: tl.constexpr,
+                    ACC: tl.constexpr):
     # delta, dy, dv: [T, B, H, DV]; dq_part, dk_part: [NV, T, B, H, DK]; db_part [NV, T, B, H].
     bh = tl.program_id(0).to(tl.int64)
     iv = tl.program_id(1).to(tl.int64)
@@ -114,6 +117,8 @@ def _delta_rule_bwd(q, sq_t, sq_b, sq_h, k, sk_t, sk_b, sk_h, beta, sb_t, sb_b, 
         G -= k_t[:, None] * dd_t[None, :]
         if HAS_RESET:
             G = tl.where(r_t, 0.0, G)
+        if TRUNCATE:    # W_{t-1} is a constant to step t: nothing flows further back
+            G = tl.zeros_like(G)
     tl.store(dW0 + w_off, G, mask=m2)
 
     # Forward replay: the terms that need W. It reads back dv and dk_part, written above by other
@@ -159,13 +164,14 @@ def _forward(q, k, v, beta, W0, reset, save, y_dtype):
 
 
 class DeltaRule(torch.autograd.Function):
-    """(q, k, v, beta, W0, reset, y_dtype) -> (y, W_final). delta_rnn reuses it with
+    """(q, k, v, beta, W0, reset, y_dtype, truncate) -> (y, W_final). delta_rnn reuses it with
     y_dtype = the state's dtype (its z stays in the accumulation dtype)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, beta, W0, reset, y_dtype):
+    def forward(ctx, q, k, v, beta, W0, reset, y_dtype, truncate=False):
         y, WT, delta = _forward(q, k, v, beta, W0, reset, True, y_dtype)
         ctx.save_for_backward(q, k, v, beta, W0, reset, delta)
+        ctx.truncate = truncate
         return y, WT
 
     @staticmethod
@@ -184,18 +190,19 @@ class DeltaRule(torch.autograd.Function):
         _delta_rule_bwd[(B * H, NV)](*tu.seq(q), *tu.seq(k), *tu.steps(beta), delta, W0.contiguous(),
                                      reset_bytes, dy.contiguous(), dWT.contiguous(), dq_part, dk_part,
                                      db_part, dv, dW0, T, B, H, DK, DV, BK=BK, BV=BV,
-                                     HAS_RESET=has_reset, ACC=tu.acc_type(W0), num_warps=warps)
+                                     HAS_RESET=has_reset, TRUNCATE=ctx.truncate, ACC=tu.acc_type(W0),
+                                     num_warps=warps)
         return (dq_part.sum(0).to(q.dtype), dk_part.sum(0).to(k.dtype), dv.to(v.dtype),
-                db_part.sum(0).to(beta.dtype), dW0, None, None)
+                db_part.sum(0).to(beta.dtype), dW0, None, None, None)
 
 
-def fused_recurrent_delta_rule(q, k, v, beta, W, reset):
+def fused_recurrent_delta_rule(q, k, v, beta, W, reset, truncate=False):
     """q, k: [T, B, H, Dk]; v: [T, B, H, Dv]; beta: [T, B, H]; W: [B, H, Dk, Dv] float32/64;
     reset: [T, B] bool or None. Returns y [T, B, H, Dv] in q's dtype and the final W. Without
     gradients to compute (the acting path: T = 1 under no_grad) it runs the forward kernel alone
     and stores nothing for a backward."""
     tu.check_inputs("delta_rule", _delta_rule_fwd, (q, k, v, beta, W), (q.shape[-1], v.shape[-1]))
     if tu.needs_grad(q, k, v, beta, W):
-        return DeltaRule.apply(q, k, v, beta, W, reset, q.dtype)
+        return DeltaRule.apply(q, k, v, beta, W, reset, q.dtype, truncate)
     y, WT, _ = _forward(q, k, v, beta, W, reset, False, q.dtype)
     return y, WT

@@ -11,12 +11,15 @@ def delta_update(W, k, v, beta):
     return W + (beta[..., None] * k).unsqueeze(-1) * (v - v_old).unsqueeze(-2)
 
 
-def delta_rule_naive(q, k, v, beta, W, reset):
+def delta_rule_naive(q, k, v, beta, W, reset, truncate=False):
     """q, k: [T, B, H, Dk]; v: [T, B, H, Dv]; beta: [T, B, H]; W: [B, H, Dk, Dv];
-    reset: [T, B] bool or None. Returns y [T, B, H, Dv] in q's dtype and the final W."""
+    reset: [T, B] bool or None; truncate: no gradient crosses steps through W.
+    Returns y [T, B, H, Dv] in q's dtype and the final W."""
     acc = W.dtype
     ys = []
     for t in range(q.shape[0]):
+        if truncate:
+            W = W.detach()
         if reset is not None:
             W = W * (~reset[t]).to(acc)[:, None, None, None]
         W = delta_update(W, k[t].to(acc), v[t].to(acc), beta[t].to(acc))

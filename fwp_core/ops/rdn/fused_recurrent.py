@@ -20,7 +20,8 @@ of being amplified. Each checkpoint restores W exactly, bounding that drift to o
 The gradients of the per-head R_q, R_k, R_v, r_b are sums over (t, b) of outer products of the
 pre-activation gradients with s: the kernel writes those per-step gradients (they are dq_x, dk_x,
 dv_x, db_x anyway) and one batched matmul on the host reduces them, instead of per-program partial
-matrices.
+matrices. With truncation (TRUNCATE) the carried dL/dW and dL/dy_{t-1} restart from zero at every
+step: W_{t-1} and y_{t-1} are constants to step t (R and r_b still collect every step's share).
 """
 import torch
 import triton
@@ -124,7 +125,7 @@ def _rdn_fwd(qx, sq_t, sq_b, sq_h, kx, sk_t, sk_b, sk_h, vx, sv_t, sv_b, sv_h, b
 @triton.jit(do_not_specialize=["T", "B", "H"])
 def _rdn_bwd(Rq, Rk, Rv, rb, WT, reset, s_buf, q_buf, k_buf, d_buf, b_buf, ckpt, dy, dWT, dyT,
              dqx, dkx, dvx, dbx, dW0, dy0, T, B, H, D, BD: tl.constexpr, CK: tl.constexpr,
-             HAS_RESET: tl.constexpr, ACC: tl.constexpr):
+             HAS_RESET: tl.constexpr, TRUNCATE: tl.constexpr, ACC: tl.constexpr):
     # Every [T, B, H, D] tensor here is contiguous; dqx..dbx are the pre-activation gradients.
     bh = tl.program_id(0).to(tl.int64)
     b, h = bh // H, bh % H
@@ -181,6 +182,9 @@ def _rdn_bwd(Rq, Rk, Rv, rb, WT, reset, s_buf, q_buf, k_buf, d_buf, b_buf, ckpt,
             G = tl.where(r_t, 0.0, G)
             g_next = tl.where(r_t, 0.0, g_next)
             at_ckpt = at_ckpt | r_t
+        if TRUNCATE:    # W_{t-1} and y_{t-1} are constants to step t: nothing flows further back
+            G = tl.zeros_like(G)
+            g_next = tl.zeros_like(g_next)
         if at_ckpt:
             c0 = t64 // CK * CK
             W = tl.load(ckpt + (t64 // CK) * B * H * D * D + w_off, mask=m2, other=0)
@@ -218,10 +222,11 @@ def _forward(qx, kx, vx, bx, Rq, Rk, Rv, rb, W0, y0, reset, save):
 
 class _RDN(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, qx, kx, vx, bx, Rq, Rk, Rv, rb, W0, y0, reset):
+    def forward(ctx, qx, kx, vx, bx, Rq, Rk, Rv, rb, W0, y0, reset, truncate):
         y, WT, yT, saved = _forward(qx, kx, vx, bx, Rq, Rk, Rv, rb, W0, y0, reset, True)
         ctx.save_for_backward(Rq, Rk, Rv, rb, WT, reset, *saved)
         ctx.dtypes = (qx.dtype, kx.dtype, vx.dtype, bx.dtype)
+        ctx.truncate = truncate
         return y, WT, yT
 
     @staticmethod
@@ -236,17 +241,17 @@ class _RDN(torch.autograd.Function):
         _rdn_bwd[(B * H,)](Rq.contiguous(), Rk.contiguous(), Rv.contiguous(), rb.contiguous(), WT,
                            reset_bytes, s, q, k, d, beta, ckpt, dy.contiguous(), dWT.contiguous(),
                            dyT.contiguous(), dqx, dkx, dvx, dbx, dW0, dy0, T, B, H, D, BD=BD,
-                           CK=tu.CHECKPOINT_EVERY, HAS_RESET=has_reset, ACC=tu.acc_type(WT),
-                           num_warps=tu.warps(BD * BD, tiles_held=4))
+                           CK=tu.CHECKPOINT_EVERY, HAS_RESET=has_reset, TRUNCATE=ctx.truncate,
+                           ACC=tu.acc_type(WT), num_warps=tu.warps(BD * BD, tiles_held=4))
         # (R s)_i = Σ_j R[i, j] s_j, so dR[h, i, j] = Σ_{t,b} da[t, b, h, i] s[t, b, h, j].
         outer = lambda da: torch.einsum("tbhi,tbhj->hij", da, s)  # noqa: E731
         drb = torch.einsum("tbh,tbhj->hj", dbx, s)
         dq_t, dk_t, dv_t, db_t = ctx.dtypes
         return (dqx.to(dq_t), dkx.to(dk_t), dvx.to(dv_t), dbx.to(db_t), outer(dqx).to(Rq.dtype),
-                outer(dkx).to(Rk.dtype), outer(dvx).to(Rv.dtype), drb.to(rb.dtype), dW0, dy0, None)
+                outer(dkx).to(Rk.dtype), outer(dvx).to(Rv.dtype), drb.to(rb.dtype), dW0, dy0, None, None)
 
 
-def fused_recurrent_rdn(qx, kx, vx, bx, Rq, Rk, Rv, rb, W, y_last, reset):
+def fused_recurrent_rdn(qx, kx, vx, bx, Rq, Rk, Rv, rb, W, y_last, reset, truncate=False):
     """qx, kx, vx: [T, B, H, D]; bx: [T, B, H]; Rq, Rk, Rv: [H, D, D]; rb: [H, D]; W: [B, H, D, D]
     and y_last: [B, H, D] in float32/64; reset: [T, B] bool or None. Returns y [T, B, H, D] in
     qx's dtype and the final (W, y_last). Without gradients to compute (the acting path: T = 1
@@ -254,7 +259,7 @@ def fused_recurrent_rdn(qx, kx, vx, bx, Rq, Rk, Rv, rb, W, y_last, reset):
     inputs = (qx, kx, vx, bx, Rq, Rk, Rv, rb, W, y_last)
     tu.check_inputs("rdn", _rdn_fwd, inputs, (qx.shape[-1],))
     if tu.needs_grad(*inputs):
-        y, WT, yT = _RDN.apply(*inputs, reset)
+        y, WT, yT = _RDN.apply(*inputs, reset, truncate)
     else:
         y, WT, yT, _ = _forward(*inputs, reset, False)
     return y, (WT, yT)

@@ -16,15 +16,18 @@ import torch
 from ..delta_rule.naive import delta_update
 
 
-def rdn_naive(qx, kx, vx, bx, Rq, Rk, Rv, rb, W, y_last, reset):
+def rdn_naive(qx, kx, vx, bx, Rq, Rk, Rv, rb, W, y_last, reset, truncate=False):
     """qx, kx, vx: [T, B, H, D]; bx: [T, B, H]; Rq, Rk, Rv: [H, D, D]; rb: [H, D];
-    W: [B, H, D, D]; y_last: [B, H, D]; reset: [T, B] bool or None.
+    W: [B, H, D, D]; y_last: [B, H, D]; reset: [T, B] bool or None; truncate: no gradient
+    crosses steps through W or y_{t-1} (R and r_b still get theirs from every step).
     Returns y [T, B, H, D] in qx's dtype and the final (W, y_last)."""
     acc = W.dtype
     R = torch.cat([Rq, Rk, Rv], dim=1).to(acc)  # [H, 3D, D]: one product for the three
     rb = rb.to(acc)
     ys = []
     for t in range(qx.shape[0]):
+        if truncate:
+            W, y_last = W.detach(), y_last.detach()
         if reset is not None:
             keep = (~reset[t]).to(acc)
             W = W * keep[:, None, None, None]

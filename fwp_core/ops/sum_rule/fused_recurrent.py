@@ -9,7 +9,8 @@ Backward, with nothing stored by the forward: G_t = dL/dW_t runs backwards,
     G_t = q_t dy_tᵀ + m_{t+1} G_{t+1};   dk_t = G_t v_t;   dv_t = G_tᵀ k_t;   dW_0 = m_0 G_0,
 and dq_t = W_t dy_t needs W_t in forward order, so the program first replays the forward recurrence
 from W_0 (the same operations as the forward: exact and cheap), then runs the reverse sweep. dq and
-dk sum over the columns of W, so each column block writes a partial that the host adds up.
+dk sum over the columns of W, so each column block writes a partial that the host adds up. With
+truncation (TRUNCATE) G restarts from zero at every step: only q_t dy_tᵀ reaches step t's k and v.
 """
 import torch
 import triton
@@ -63,7 +64,8 @@ def _sum_rule_fwd(q, sq_t, sq_b, sq_h, k, sk_t, sk_b, sk_h, v, sv_t, sv_b, sv_h,
 @triton.jit(do_not_specialize=["T", "B", "H"])
 def _sum_rule_bwd(q, sq_t, sq_b, sq_h, k, sk_t, sk_b, sk_h, v, sv_t, sv_b, sv_h,
                   W0, reset, dy, dWT, dq_part, dk_part, dv, dW0, T, B, H, DK, DV,
-                  BK: tl.constexpr, BV: tl.constexpr, HAS_RESET: tl.constexpr, ACC: tl.constexpr):
+                  BK: tl.constexpr, BV: tl.constexpr, HAS_RESET: tl.constexpr, TRUNCATE: tl.constexpr,
+                  ACC: tl.constexpr):
     # dy [T, B, H, DV], dv [T, B, H, DV], dq_part / dk_part [NV, T, B, H, DK]: contiguous.
     bh = tl.program_id(0).to(tl.int64)
     iv = tl.program_id(1).to(tl.int64)
@@ -115,6 +117,8 @@ def _sum_rule_bwd(q, sq_t, sq_b, sq_h, k, sk_t, sk_b, sk_h, v, sv_t, sv_b, sv_h,
         tl.store(dv + t64 * step, tl.sum(G * k_t[:, None], 0), mask=mv)
         if HAS_RESET:
             G = tl.where(r_t, 0.0, G)
+        if TRUNCATE:    # W_{t-1} is a constant to step t: nothing flows further back
+            G = tl.zeros_like(G)
     tl.store(dW0 + w_off, G, mask=m2)
 
 
@@ -133,9 +137,10 @@ def _forward(q, k, v, W0, reset):
 
 class _SumRule(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, W0, reset):
+    def forward(ctx, q, k, v, W0, reset, truncate):
         y, WT = _forward(q, k, v, W0, reset)
         ctx.save_for_backward(q, k, v, W0, reset)
+        ctx.truncate = truncate
         return y, WT
 
     @staticmethod
@@ -153,15 +158,15 @@ class _SumRule(torch.autograd.Function):
         _sum_rule_bwd[(B * H, NV)](*tu.seq(q), *tu.seq(k), *tu.seq(v), W0.contiguous(), reset_bytes,
                                    dy.contiguous(), dWT.contiguous(), dq_part, dk_part, dv, dW0,
                                    T, B, H, DK, DV, BK=BK, BV=BV, HAS_RESET=has_reset,
-                                   ACC=tu.acc_type(W0), num_warps=warps)
-        return (dq_part.sum(0).to(q.dtype), dk_part.sum(0).to(k.dtype), dv.to(v.dtype), dW0, None)
+                                   TRUNCATE=ctx.truncate, ACC=tu.acc_type(W0), num_warps=warps)
+        return (dq_part.sum(0).to(q.dtype), dk_part.sum(0).to(k.dtype), dv.to(v.dtype), dW0, None, None)
 
 
-def fused_recurrent_sum_rule(q, k, v, W, reset):
+def fused_recurrent_sum_rule(q, k, v, W, reset, truncate=False):
     """q, k: [T, B, H, Dk]; v: [T, B, H, Dv]; W: [B, H, Dk, Dv] float32/64; reset: [T, B] bool or
     None. Returns y [T, B, H, Dv] in q's dtype and the final W. Without gradients to compute (the
     acting path: T = 1 under no_grad) it runs the forward kernel alone and keeps nothing."""
     tu.check_inputs("sum_rule", _sum_rule_fwd, (q, k, v, W), (q.shape[-1], v.shape[-1]))
     if tu.needs_grad(q, k, v, W):
-        return _SumRule.apply(q, k, v, W, reset)
+        return _SumRule.apply(q, k, v, W, reset, truncate)
     return _forward(q, k, v, W, reset)
