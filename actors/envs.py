@@ -53,7 +53,9 @@ Facts about ale-py 0.12.1's AtariVectorEnv this module relies on (established by
   (frames since the game's reset). `max_num_frames_per_episode` counts emulator frames (a cap of 400
   truncates at agent step 100 with frame skip 4). After a reset three of the four stacked frames are
   zero. FIRE is pressed only at game start, not after a life loss (the agent has FIRE in its action
-  set).
+  set). `env.fire_on_life_loss` adds the paper's FireResetEnv-after-EpisodicLifeEnv behaviour: the
+  two steps after a life loss send FIRE and then action 2 instead of the agent's actions (`send`
+  returns which were forced; the learner leaves those steps out of the policy loss).
 - A real game over is told apart from a life loss by frame_number - episode_frame_number (frames
   before the current game started): it changes exactly when the game was reset in this step (game
   over or frame cap), and it works for games without lives (Pong reports lives=0 throughout).
@@ -129,8 +131,10 @@ class VecEnv:
     """N environments in fixed groups; see the module docstring for the semantics.
 
     Attributes: num_envs, observation_space (ONE env's), num_actions, frames_per_step,
-    groups (list of int64 arrays of env ids, one per group).
+    groups (list of int64 arrays of env ids, one per group), executed (the action each env was
+    last sent: the agent's, or a forced FIRE).
     """
+    FORCED_ACTIONS = (1, 2)   # after a life loss: FIRE, then action 2 (FireResetEnv's reset)
 
     def __init__(self, groups, seed, observation_space, num_actions, frames_per_step):
         self._groups = groups
@@ -145,6 +149,8 @@ class VecEnv:
         self._in_flight = collections.deque()   # group indices, in the order they were sent
         self._returns = np.zeros(self.num_envs, np.float64)   # raw score of each env's current game
         self._lengths = np.zeros(self.num_envs, np.int64)     # agent steps in each env's current game
+        self._forced_left = np.zeros(self.num_envs, np.int64)  # forced actions still due, per env
+        self.executed = np.zeros(self.num_envs, np.int64)
 
     def reset(self):
         """Start a new game in every env (env k seeded with seed + k); returns obs [N, ...]."""
@@ -153,6 +159,7 @@ class VecEnv:
         obs = [group.reset(self._seed + int(ids[0])) for group, ids in zip(self._groups, self.groups)]
         self._returns[:] = 0
         self._lengths[:] = 0
+        self._forced_left[:] = 0
         return obs[0] if len(obs) == 1 else np.concatenate(obs)
 
     def step(self, actions):
@@ -167,7 +174,9 @@ class VecEnv:
         return (*(np.concatenate([r[i] for r in results]) for i in (1, 2, 3)), episodes)
 
     def send(self, actions, env_ids):
-        """Start stepping the group whose env ids are `env_ids` (as returned by recv or env.groups)."""
+        """Start stepping the group whose env ids are `env_ids` (as returned by recv or env.groups).
+        Returns (executed actions, forced mask): where a life was just lost in a game that needs
+        FIRE (env.fire_on_life_loss), the env plays FIRE, then action 2, instead of the agent's."""
         env_ids = np.asarray(env_ids)
         g = next((g for g, ids in enumerate(self.groups) if np.array_equal(ids, env_ids)), None)
         if g is None:
@@ -176,8 +185,16 @@ class VecEnv:
         if g in self._in_flight:
             raise RuntimeError(f"send(): group {g} (envs {env_ids[0]}..{env_ids[-1]}) is already in flight; "
                                "recv() it first")
-        self._groups[g].send(self._check_actions(actions, len(env_ids)))
+        actions = self._check_actions(actions, len(env_ids)).copy()
+        left = self._forced_left[env_ids]
+        forced = left > 0
+        if forced.any():
+            actions[forced] = np.asarray(self.FORCED_ACTIONS)[len(self.FORCED_ACTIONS) - left[forced]]
+            self._forced_left[env_ids[forced]] -= 1
+        self._groups[g].send(actions)
         self._in_flight.append(g)
+        self.executed[env_ids] = actions
+        return actions, forced
 
     def recv(self):
         """Wait for the earliest-sent group: (env_ids, obs, reward, first, episodes)."""
@@ -186,6 +203,8 @@ class VecEnv:
         g = self._in_flight.popleft()
         obs, reward, first, game_over = self._groups[g].recv()
         ids = self.groups[g]
+        if self._groups[g].fire_on_life_loss:
+            self._forced_left[ids[first & ~game_over]] = len(self.FORCED_ACTIONS)
         self._returns[ids] += reward
         self._lengths[ids] += 1
         episodes = []
@@ -234,6 +253,11 @@ class _AtariGroup:
             full_action_space=env_cfg.full_action_space,
         )
         self._env_ids = np.arange(num_envs)
+        # FireResetEnv's test: the game's action 1 is FIRE (of at least three actions).
+        from ale_py import Action
+        action_set = list(self.vec.ale.get_action_set())
+        needs_fire = len(action_set) >= 3 and action_set[1] == Action.FIRE
+        self.fire_on_life_loss = env_cfg.fire_on_life_loss and env_cfg.episodic_life and needs_fire
         self._game_start = None   # frame_number - episode_frame_number: frames before the current game
 
     def reset(self, seed):
@@ -274,6 +298,8 @@ def _make_flat_env(env_id):
 
 class _GymGroup:
     """A SyncVectorEnv; send() stores the actions, recv() steps."""
+
+    fire_on_life_loss = False
 
     def __init__(self, env_id, num_envs):
         self.num_envs = num_envs

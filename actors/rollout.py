@@ -105,6 +105,7 @@ class RolloutWorker:
                 "last_action": np.zeros((T + 1, N), np.int64),
                 # Row T's action is taken in the next rollout (its row 0); it stays 0 here.
                 "action": np.zeros((T + 1, N), np.int64),
+                "forced": np.zeros((T + 1, N), bool),      # the env played its own action there
                 "logits": np.zeros((T + 1, N, e.num_actions), np.float32),
                 "core_state": tuple(torch.zeros_like(s) for s in self.core_state),
                 "worker": self.index,
@@ -129,11 +130,11 @@ class RolloutWorker:
             buf = self._buffer(rk)
             buf["obs"][rt, ids], buf["reward"][rt, ids], buf["first"][rt, ids] = obs, reward, first
             buf["last_action"][rt, ids] = last
+        action, forced = self.env.send(action, ids)   # what the env played (a forced FIRE, or ours)
         buf = self._buffer(k)
-        buf["action"][t, ids], buf["logits"][t, ids] = action, logits
+        buf["action"][t, ids], buf["logits"][t, ids], buf["forced"][t, ids] = action, logits, forced
         self.last_action[ids] = action
         self.step[ids] += 1
-        self.env.send(action, ids)
 
     def close(self):
         self.env.close()

@@ -40,6 +40,9 @@ class EnvConfig:
     episodic_life: bool = _f(True, "Atari: a life loss ends the episode for the learner (the core resets); "
                              "the logged return is still the whole game's")
     fire_reset: bool = _f(True, "Atari: press FIRE when a game starts, in games that need it")
+    fire_on_life_loss: bool = _f(False, "Atari with episodic_life: after every life loss the env plays FIRE, "
+                                 "then action 2, for the agent (the paper's FireResetEnv); those forced steps "
+                                 "stay out of the policy loss")
     sticky_actions: float = _f(0.0, "Atari: probability of repeating the previous action (0.25: Machado et al.)")
     max_episode_frames: int = _f(108_000, "Atari: a game is cut after this many emulator frames; 0: no cap")
     full_action_space: bool = _f(False, "Atari: all 18 actions instead of the game's minimal set")

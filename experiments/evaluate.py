@@ -90,7 +90,7 @@ def play(agent, cfg, episodes, greedy=False, seed=EVAL_SEED, num_envs=None, on_f
                     on_frame(obs[0])
                 action, _, state, _ = act(agent, obs, reward, first, state, last_action, greedy=greedy)
                 obs, reward, first, finished = env.step(action)
-                last_action = action
+                last_action = env.executed.copy()   # the agent's, or the env's forced FIRE
                 for k, ret, length in finished:
                     if len(games[k]) < quota[k]:
                         games[k].append((ret, length))

@@ -2,6 +2,7 @@
 
     "obs" [T+1, B, *obs_shape] uint8|float32   "reward" [T+1, B] float32 (raw; reward[0] unused)
     "first" [T+1, B] bool    "action" [T+1, B] int64    "last_action" [T+1, B] int64
+    "forced" [T+1, B] bool (action t was the env's, not the policy's: a FIRE after a life loss)
     "logits" [T+1, B, A] float32 (behaviour)    "core_state" tuple of [B, ...] (before obs 0)
 
 check_batch names whatever is missing or misshapen; to_device moves it (pinned + non_blocking on
@@ -9,7 +10,7 @@ CUDA); random_batch makes a synthetic one for tests and benchmarks.
 """
 import torch
 
-KEYS = ("obs", "reward", "first", "action", "last_action", "logits", "core_state")
+KEYS = ("obs", "reward", "first", "action", "last_action", "forced", "logits", "core_state")
 
 
 def check_batch(batch, obs_shape, num_actions):
@@ -27,7 +28,8 @@ def check_batch(batch, obs_shape, num_actions):
     if T1 < 2:
         raise ValueError(f"batch holds {T1} observation(s) per sequence; an unroll of T >= 1 steps has T+1")
     want = {"reward": ((T1, B), None), "first": ((T1, B), torch.bool), "action": ((T1, B), torch.int64),
-            "last_action": ((T1, B), torch.int64), "logits": ((T1, B, num_actions), None)}
+            "last_action": ((T1, B), torch.int64), "forced": ((T1, B), torch.bool),
+            "logits": ((T1, B, num_actions), None)}
     for key, (shape, dtype) in want.items():
         x = batch[key]
         if tuple(x.shape) != shape:
@@ -71,6 +73,7 @@ def random_batch(obs_shape, obs_dtype, num_actions, T, B, core_state, seed=0, fi
         "first": first,
         "action": action,
         "last_action": last_action,
+        "forced": torch.zeros(T + 1, B, dtype=torch.bool),
         "logits": torch.randn(T + 1, B, num_actions, generator=g),
         "core_state": tuple(s.detach().clone() for s in core_state),
         "version": 0,

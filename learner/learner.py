@@ -116,8 +116,13 @@ class Learner:
             rewards = rewards.clamp(-lc.reward_clip, lc.reward_clip)
         discounts = (~b["first"][1:]).float() * lc.discount
         actions = b["action"][:-1]
+        # A forced step (the env's FIRE after a life loss) is part of the environment: importance
+        # weight 1 (the behaviour logits taken as the target's), and no policy loss there.
+        forced = b["forced"][:-1]
+        behaviour = torch.where(forced[..., None], logits[:-1].detach(), b["logits"][:-1])
+        chosen = (~forced).float()
         vt = vtrace.from_logits(
-            behaviour_policy_logits=b["logits"][:-1], target_policy_logits=logits[:-1], actions=actions,
+            behaviour_policy_logits=behaviour, target_policy_logits=logits[:-1], actions=actions,
             discounts=discounts, rewards=rewards, values=values[:-1], bootstrap_value=values[-1],
             clip_rho_threshold=lc.clip_rho, clip_pg_rho_threshold=lc.clip_pg_rho, lambda_=lc.vtrace_lambda)
 
@@ -128,15 +133,16 @@ class Learner:
         adv_mean, adv_std = adv.mean(), adv.std()
         if lc.advantage_norm:
             adv = (adv - adv_mean) / (adv_std + 1e-8)
+        adv = adv * chosen
         if lc.loss == "impala":
             pg_loss = losses.policy_gradient_loss(logits[:-1], actions, adv, lc.loss_reduction)
             ratio_cut = torch.zeros((), device=adv.device)
         else:
-            pg_loss, ratio_cut = losses.appo_policy_loss(logits[:-1], b["logits"][:-1], actions, adv,
+            pg_loss, ratio_cut = losses.appo_policy_loss(logits[:-1], behaviour, actions, adv,
                                                          lc.ppo_clip, lc.loss_reduction)
         targets = vt.vs if self.popart is None else self.popart.normalize(vt.vs)
         baseline_loss = lc.baseline_cost * losses.baseline_loss(targets, baseline[:-1], lc.loss_reduction)
-        entropy_loss = lc.entropy_cost * losses.entropy_loss(logits[:-1], lc.loss_reduction)
+        entropy_loss = lc.entropy_cost * losses.entropy_loss(logits[:-1], lc.loss_reduction, weights=chosen)
         total_loss = pg_loss + baseline_loss + entropy_loss
 
         self.optimizer.zero_grad(set_to_none=True)

@@ -26,9 +26,11 @@ def baseline_loss(vs, values, reduction="sum"):
     return _reduce(0.5 * (vs.detach() - values) ** 2, reduction)
 
 
-def entropy_loss(logits, reduction="sum"):
-    """Σ_a π log π, the negative entropy: minimising it keeps the policy exploring."""
-    return _reduce((F.softmax(logits, dim=-1) * F.log_softmax(logits, dim=-1)).sum(-1), reduction)
+def entropy_loss(logits, reduction="sum", weights=None):
+    """Σ_a π log π, the negative entropy: minimising it keeps the policy exploring. `weights`
+    [T, B] (optional) scale each step's term (0 leaves a step out; the mean still counts it)."""
+    neg_entropy = (F.softmax(logits, dim=-1) * F.log_softmax(logits, dim=-1)).sum(-1)
+    return _reduce(neg_entropy if weights is None else neg_entropy * weights, reduction)
 
 
 def appo_policy_loss(logits, behaviour_logits, actions, advantages, clip, reduction="sum"):

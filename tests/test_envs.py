@@ -152,6 +152,40 @@ def test_atari_episodic_life_and_raw_game_scores():
     assert n_games >= 2 and n_life_losses >= 2 * n_games
 
 
+def test_fire_then_action_2_after_every_life_loss_on_breakout():
+    """env.fire_on_life_loss (the paper's FireResetEnv after EpisodicLifeEnv), against the raw
+    AtariVectorEnv stepped by hand: an agent that only ever sends NOOP gets FIRE and then RIGHT
+    (action 2) played for it on the two steps after each life loss, the frames match the raw env
+    given those actions, and the ball relaunches every time, so all 5 lives go."""
+    n, seed = 2, 3
+    env = make_env(cfg("ALE/Breakout-v5", fire_on_life_loss=True), num_envs=n, seed=seed)
+    ref = AtariVectorEnv("breakout", n, num_threads=1, autoreset_mode="SameStep", reward_clipping=False,
+                         episodic_life=False, life_loss_info=False)
+    obs = env.reset()
+    ref_obs, info = ref.reset(seed=seed)
+    np.testing.assert_array_equal(obs, ref_obs)
+    lives, due = info["lives"], [[] for _ in range(n)]
+    life_losses = games = 0
+    for t in range(1500):
+        expected = np.array([due[k].pop(0) if due[k] else 0 for k in range(n)])
+        executed, forced = env.send(np.zeros(n, np.int64), env.groups[0])
+        np.testing.assert_array_equal(executed, expected)
+        np.testing.assert_array_equal(forced, expected != 0)
+        _, obs, reward, first, episodes = env.recv()
+        ref_obs, ref_reward, terminated, truncated, info = ref.step(expected)
+        np.testing.assert_array_equal(obs, ref_obs)
+        game_over = terminated | truncated
+        lost = ~game_over & (info["lives"] < lives)
+        lives = info["lives"]
+        np.testing.assert_array_equal(first, game_over | lost)
+        for k in np.flatnonzero(lost):
+            due[k] = [1, 2]
+        life_losses += lost.sum()
+        games += game_over.sum()
+    env.close()
+    assert life_losses >= 4 * n and games >= n      # without the forced FIRE the first life loss stalls the game
+
+
 def test_atari_frame_cap_ends_the_game():
     # 400 frames at frame skip 4: every Pong game (far longer than that) is cut at agent step 100.
     env = make_env(cfg("ALE/Pong-v5", max_episode_frames=0), num_envs=2, seed=0)   # 0: no cap

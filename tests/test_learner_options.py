@@ -222,3 +222,35 @@ def test_observation_norm_keeps_exact_running_statistics_and_travels_with_the_we
     np.testing.assert_allclose(learner.agent.obs_norm.mean.numpy(), frames.mean(0), rtol=1e-5)
     _, weights = learner.weights()
     assert torch.equal(weights["obs_norm.mean"], learner.agent.obs_norm.mean)
+
+
+@pytest.mark.parametrize("loss", ["impala", "appo"])
+def test_forced_steps_stay_out_of_the_policy_loss(loss):
+    """A forced step (the env's FIRE after a life loss) is the environment's move: whatever action
+    and behaviour logits it records, the update is the same (importance weight 1, no policy or
+    entropy term there); the same change on a chosen step does change it."""
+    cfg = tiny_config("rdn", f"learner.loss={loss}")
+    base = Learner(cfg, VECTOR, NUM_ACTIONS)
+    batch = _batch(base, seed=4)
+    batch["forced"][2, 1] = batch["forced"][3, 1] = True
+
+    def losses_of(b):
+        learner = Learner(cfg, VECTOR, NUM_ACTIONS)
+        learner.agent.load_state_dict(base.agent.state_dict())
+        stats = learner.step(b)
+        return [stats[k] for k in ("loss/pg", "loss/baseline", "loss/entropy", "learner/grad_norm")]
+
+    reference_losses = losses_of(batch)
+    # The entropy term by hand: the policy's Σ π log π on the chosen steps only, times its cost.
+    with torch.no_grad():
+        logits, _ = base.agent.unroll(batch["obs"], batch["reward"], batch["first"], batch["core_state"])
+    log_pi = torch.log_softmax(logits[:-1].double(), -1)
+    neg_entropy = (log_pi.exp() * log_pi).sum(-1)
+    assert reference_losses[2] == pytest.approx(0.01 * neg_entropy[~batch["forced"][:-1]].sum().item(), rel=1e-5)
+    other = {k: v.clone() if torch.is_tensor(v) else v for k, v in batch.items()}
+    other["action"][2, 1] = (batch["action"][2, 1] + 1) % NUM_ACTIONS
+    other["logits"][3, 1] = torch.randn(NUM_ACTIONS) * 5
+    np.testing.assert_allclose(losses_of(other), reference_losses, rtol=1e-6, atol=1e-7)
+    chosen = {k: v.clone() if torch.is_tensor(v) else v for k, v in batch.items()}
+    chosen["action"][4, 1] = (batch["action"][4, 1] + 1) % NUM_ACTIONS
+    assert not np.allclose(losses_of(chosen), reference_losses, rtol=1e-6, atol=1e-7)
