@@ -87,15 +87,21 @@ def cmd_config(args):
 
 def cmd_eval(args):
     from experiments.evaluate import EVAL_SEED, evaluate
-    if args.episodes < 1:
-        raise UsageError(f"--episodes must be at least 1, got {args.episodes}")
+    paper = args.protocol == "paper"
+    episodes = args.episodes if args.episodes is not None else (30 if paper else 10)
+    if episodes < 1 or args.repeats < 1:
+        raise UsageError(f"--episodes and --repeats must be at least 1, got {episodes} and {args.repeats}")
     try:
-        result = evaluate(args.checkpoint, args.episodes, greedy=args.greedy, video=args.video,
-                          seed=EVAL_SEED if args.seed is None else args.seed)
-    except ValueError as e:   # --video on vector observations
+        result = evaluate(args.checkpoint, episodes, greedy=args.greedy, video=args.video,
+                          seed=EVAL_SEED if args.seed is None else args.seed, protocol=args.protocol,
+                          repeats=args.repeats)
+    except ValueError as e:   # --video on vector observations, or with the paper's protocol
         raise UsageError(str(e)) from None
-    print(f"{result['env']} ({result['core']}, {result['frames']:,} frames), {result['episodes']} episodes"
-          f"{' (greedy)' if args.greedy else ''}: mean {result['mean']:.3f}  std {result['std']:.3f}  "
+    what = (f"{result['repeats']} runs of {result['episodes']} lives (the paper's protocol, greedy): "
+            f"mean of the runs {result['mean']:.3f}  std {result['std']:.3f}" if paper else
+            f"{result['episodes']} episodes{' (greedy)' if args.greedy else ''}: mean {result['mean']:.3f}  "
+            f"std {result['std']:.3f}")
+    print(f"{result['env']} ({result['core']}, {result['frames']:,} frames), {what}  "
           f"min {result['min']:.3f}  max {result['max']:.3f}")
     written = [str(Path(result["checkpoint"]).parent / "eval.json")] + \
         ([result["video"]] if "video" in result else [])
@@ -124,7 +130,7 @@ def cmd_compare(args):
             check_config(run.cfg)
         actions = compare.run_grid(runs, address=args.address, parallel=args.parallel,
                                    eval_episodes=args.eval_episodes, eval_greedy=args.eval_greedy,
-                                   progress=not args.no_progress)
+                                   progress=not args.no_progress, eval_protocol=args.eval_protocol)
         if "interrupted" in actions.values():
             return 130
         outdir = Path(args.outdir)
@@ -168,7 +174,12 @@ def build_parser():
 
     e = sub.add_parser("eval", help="play N whole episodes with a checkpoint; mean/std/min/max -> eval.json")
     e.add_argument("--checkpoint", required=True, help="a run directory or its checkpoint.pt")
-    e.add_argument("--episodes", type=_count, default=10, help="whole games to play (default 10)")
+    e.add_argument("--episodes", type=_count,
+                   help="whole games to play (default 10); with --protocol paper lives per run (default 30)")
+    e.add_argument("--protocol", choices=("games", "paper"), default="games",
+                   help="games: whole games (all lives), sampled actions unless --greedy (default); paper: "
+                        "the paper's test, greedy, one life per episode, --repeats runs of --episodes")
+    e.add_argument("--repeats", type=_count, default=5, help="--protocol paper: runs (default 5)")
     e.add_argument("--greedy", action="store_true", help="take the most likely action instead of sampling")
     e.add_argument("--video", action="store_true",
                    help="also film one game (image observations) to eval.mp4, and to TensorBoard")
@@ -188,6 +199,8 @@ def build_parser():
     c.add_argument("--eval-episodes", type=_count, default=10,
                    help="episodes to evaluate each finished run on (default 10; 0: none)")
     c.add_argument("--eval-greedy", action="store_true", help="evaluate with greedy actions")
+    c.add_argument("--eval-protocol", choices=("games", "paper"), default="games",
+                   help="as eval --protocol (paper: --eval-episodes lives in each of 5 runs, greedy)")
     c.add_argument("--address", help="Ray cluster to run on (default: start Ray here)")
     c.add_argument("--parallel", type=_count, default=1,
                    help="runs side by side on the --address cluster (default 1: one after the other)")

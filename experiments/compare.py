@@ -94,8 +94,9 @@ def _check_same_config(run, saved):
                            "re-run with the settings it was made with, or choose another --outdir")
 
 
-def _needs_eval(run, episodes, greedy, seed):
-    """Whether run's eval.json is missing or was made for other frames, episodes, greedy or seed."""
+def _needs_eval(run, episodes, greedy, seed, protocol="games"):
+    """Whether run's eval.json is missing or was made for other frames, episodes, greedy, seed or
+    protocol."""
     path = run.dir / "eval.json"
     if episodes <= 0:
         return False
@@ -104,13 +105,14 @@ def _needs_eval(run, episodes, greedy, seed):
     try:
         old = json.loads(path.read_text())
         frames = checkpoint.read(run.dir / "checkpoint.pt")["counters"]["frames"]
-        asked = (frames, episodes, greedy, seed)
-        return (old["frames"], old["episodes"], old["greedy"], old["seed"]) != asked
+        asked = (frames, episodes, greedy or protocol == "paper", seed, protocol)
+        return (old["frames"], old["episodes"], old["greedy"], old["seed"], old.get("protocol", "games")) != asked
     except (ValueError, KeyError, TypeError):
         return True
 
 
-def run_grid(runs, address=None, parallel=1, eval_episodes=10, eval_greedy=False, progress=True, log=print):
+def run_grid(runs, address=None, parallel=1, eval_episodes=10, eval_greedy=False, progress=True, log=print,
+             eval_protocol="games"):
     """Train what is missing, then evaluate what has no evaluation of its final checkpoint.
     Returns {run dir: action}, action one of trained, resumed, skipped, interrupted; on Ctrl-C it
     stops (runs not reached are absent) and evaluates nothing."""
@@ -139,8 +141,8 @@ def run_grid(runs, address=None, parallel=1, eval_episodes=10, eval_greedy=False
         return actions
     for run in runs:
         seed = EVAL_SEED + run.seed
-        if _needs_eval(run, eval_episodes, eval_greedy, seed):
-            result = evaluate(run.dir, eval_episodes, greedy=eval_greedy, seed=seed)
+        if _needs_eval(run, eval_episodes, eval_greedy, seed, eval_protocol):
+            result = evaluate(run.dir, eval_episodes, greedy=eval_greedy, seed=seed, protocol=eval_protocol)
             log(f"compare: {run.dir}: evaluation over {result['episodes']} episodes: "
                 f"{result['mean']:.3f} ± {result['std']:.3f}")
     return actions

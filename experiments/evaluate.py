@@ -12,6 +12,13 @@ reset where the env says `first`, also at a life loss when the run was trained t
 Unbiased episode counts: with M envs in parallel, taking the first N games to finish would favour
 short ones. Instead env k is given a fixed quota of the N games (N // M, one more for the first
 N % M envs) and only its first `quota[k]` games count; envs that met theirs keep stepping unheeded.
+
+`protocol="paper"` is the paper's evaluation instead (its code's `--mode test`): greedy actions, an
+episode is one life (episodic life and FIRE after a life loss as in its test env, the return
+zeroed at every life's end), `episodes` (30) episodes in each of `repeats` (5) runs, reported as
+the mean and std of the runs' means; for BattleZone and Up'n Down an episode whose running return
+goes below zero is dropped and the core reset, as its noneg script did. Runs are played side by
+side, run r on an env seeded seed + r; the frame cap is the config's own.
 """
 import json
 from pathlib import Path
@@ -24,6 +31,8 @@ from learner import checkpoint
 from learner.checkpoint import CheckpointError
 
 EVAL_SEED = 1_000_000_007   # env seeds from here on; far from the training envs' seeds of small runs
+PROTOCOLS = ("games", "paper")
+NO_NEGATIVE_GAMES = ("battle_zone", "up_n_down")   # the paper's noneg evaluation script
 VIDEO_SCALE = 4             # 84x84 frames become 336x336 (a multiple of 16, as H.264 wants)
 TB_VIDEO_FRAMES = 600       # TensorBoard gets the first 600 frames (40 s at 15 fps) as a GIF
 
@@ -125,6 +134,69 @@ class _Video:
         self.writer.close()
 
 
+class LifeTally:
+    """The paper's per-life bookkeeping for n envs: returns summed per life, a life recorded when
+    it ends (`first`), at most `episodes` per env; with `no_negative` an episode whose running
+    return goes below zero is dropped (not recorded, counted in `dropped`)."""
+
+    def __init__(self, n, episodes, no_negative=False):
+        self.episodes, self.no_negative = episodes, no_negative
+        self.lives = [[] for _ in range(n)]
+        self.lengths = [[] for _ in range(n)]    # agent steps of each recorded life
+        self.running = np.zeros(n)
+        self.steps = np.zeros(n, np.int64)
+        self.dropped = 0
+
+    def done(self):
+        return all(len(x) >= self.episodes for x in self.lives)
+
+    def add(self, reward, first):
+        """One step's rewards and episode ends; returns where an episode was dropped (the caller
+        restarts the core there, as the paper's script did)."""
+        self.running += reward
+        self.steps += 1
+        rejected = (self.running < 0) if self.no_negative else np.zeros(len(self.lives), bool)
+        for k in range(len(self.lives)):
+            if len(self.lives[k]) >= self.episodes:
+                continue
+            if rejected[k]:
+                self.dropped += 1
+            elif first[k]:
+                self.lives[k].append(float(self.running[k]))
+                self.lengths[k].append(int(self.steps[k]))
+        self.running[first | rejected] = 0
+        self.steps[first | rejected] = 0
+        return rejected
+
+
+def play_lives(agent, cfg, episodes=30, repeats=5, seed=EVAL_SEED):
+    """The paper's protocol (see the module docstring): returns (per-run lists of `episodes` life
+    returns, the same lists of their lengths in agent steps, the number of episodes dropped for a
+    negative return)."""
+    import dataclasses
+
+    from actors.envs import ATARI_PREFIX, atari_game, make_env
+
+    env_cfg = dataclasses.replace(_eval_env_config(cfg, repeats), episodic_life=True, fire_on_life_loss=True)
+    no_negative = cfg.env.id.startswith(ATARI_PREFIX) and atari_game(cfg.env.id) in NO_NEGATIVE_GAMES
+    env = make_env(env_cfg, repeats, seed)
+    tally = LifeTally(repeats, episodes, no_negative)
+    try:
+        obs = env.reset()
+        state = agent.initial_state(repeats)
+        reward = np.zeros(repeats, np.float32)
+        first = np.ones(repeats, bool)
+        last_action = np.zeros(repeats, np.int64)
+        while not tally.done():
+            action, _, state, _ = act(agent, obs, reward, first, state, last_action, greedy=True)
+            obs, reward, first, _ = env.step(action)
+            last_action = env.executed.copy()
+            first = first | tally.add(reward, first)    # a dropped episode restarts the core
+    finally:
+        env.close()
+    return tally.lives, tally.lengths, tally.dropped
+
+
 def _write_tensorboard_video(logdir, frames, fps, step):
     """Add the frames as an animated GIF under the tag eval/video (what SummaryWriter.add_video
     writes, without its moviepy dependency)."""
@@ -139,12 +211,31 @@ def _write_tensorboard_video(logdir, frames, fps, step):
         writer.file_writer.add_summary(Summary(value=[Summary.Value(tag="eval/video", image=image)]), step)
 
 
-def evaluate(path, episodes, greedy=False, video=False, seed=EVAL_SEED, num_envs=None):
+def evaluate(path, episodes, greedy=False, video=False, seed=EVAL_SEED, num_envs=None, protocol="games",
+             repeats=5):
     """Play `episodes` games with the checkpoint at `path` (a run directory or the file); write
     eval.json (and eval.mp4 with `video`) beside it and return the same dict: episodes, mean, std
-    (population, ddof=0), min, max, returns, lengths, greedy, seed, frames (the checkpoint's)."""
+    (population, ddof=0), min, max, returns, lengths, greedy, seed, frames (the checkpoint's),
+    protocol. With protocol="paper": `episodes` lives in each of `repeats` runs, greedy; mean and
+    std are those of the runs' means, and `runs` lists them."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown evaluation protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     path = checkpoint_path(path)
     agent, cfg, payload = load_agent(path)
+    if protocol == "paper":
+        if video:
+            raise ValueError("--video films whole games; drop it with --protocol paper")
+        lives, lengths, dropped = play_lives(agent, cfg, episodes, repeats, seed)
+        means = np.asarray([np.mean(x) for x in lives])
+        flat = np.asarray([r for x in lives for r in x])
+        result = {"checkpoint": str(path), "env": cfg.env.id, "core": cfg.model.core,
+                  "frames": payload["counters"]["frames"], "protocol": "paper", "episodes": episodes,
+                  "repeats": repeats, "greedy": True, "seed": seed, "mean": float(means.mean()),
+                  "std": float(means.std()), "min": float(flat.min()), "max": float(flat.max()),
+                  "runs": [float(m) for m in means], "returns": [float(r) for r in flat],
+                  "lengths": [n for x in lengths for n in x], "dropped": dropped}
+        checkpoint.atomic_write(path.parent / "eval.json", json.dumps(result, indent=2) + "\n")
+        return result
     recorder = None
     if video:
         if len(agent.obs_shape) != 3 or agent.obs_dtype != "uint8":
@@ -160,7 +251,7 @@ def evaluate(path, episodes, greedy=False, video=False, seed=EVAL_SEED, num_envs
             recorder.close()
     r = np.asarray(returns, np.float64)
     result = {"checkpoint": str(path), "env": cfg.env.id, "core": cfg.model.core,
-              "frames": payload["counters"]["frames"], "episodes": len(returns), "greedy": greedy,
+              "frames": payload["counters"]["frames"], "protocol": "games", "episodes": len(returns), "greedy": greedy,
               "seed": seed, "mean": float(r.mean()), "std": float(r.std()), "min": float(r.min()),
               "max": float(r.max()), "returns": [float(x) for x in returns], "lengths": lengths}
     if recorder is not None:
