@@ -50,6 +50,11 @@ class RolloutWorker:
         self.agent.eval()
         self.version = -1
         N = self.env.num_envs
+        # Stacked frames (Atari) ship once: each row's newest frame, the whole stack at row 0, and
+        # where a game started (its stack restarts as zeros + the new frame); the learner rebuilds
+        # the stacks (learner.batch.rebuild_obs). A quarter of the bytes of [T+1, N, 4, 84, 84].
+        shape = self.env.observation_space.shape
+        self.compact = len(shape) == 3 and shape[0] > 1 and self.env.observation_space.dtype == np.uint8
         self.core_state = self.agent.initial_state(N)   # each env's state before its next step
         self.last_action = np.zeros(N, np.int64)
         self.step = np.zeros(N, np.int64)               # each env's next step index s
@@ -61,7 +66,7 @@ class RolloutWorker:
         zeros, ones = np.zeros(N, np.float32), np.ones(N, bool)
         with torch.no_grad():
             for ids in self.env.groups:
-                self._record_act_send(ids, obs[ids], zeros[ids], ones[ids])
+                self._record_act_send(ids, obs[ids], zeros[ids], ones[ids], ones[ids])
 
     def set_weights(self, weights):
         """weights: (version, state_dict) as published by the learner."""
@@ -78,15 +83,18 @@ class RolloutWorker:
     @torch.no_grad()  # not inference_mode: the core states it ships may enter the learner's autograd
     def rollout(self, weights=None):
         """Step until rollout k = 0, 1, 2, ... is complete in every env and return it: numpy arrays
-        [T+1, N, ...] (obs, reward, first, last_action, action, logits), the core state before
-        row 0, the weights version, and the games finished meanwhile as (return, length)."""
+        [T+1, N, ...] (obs, or for stacked frames frames/stack0/stack_reset; reward, first,
+        last_action, action, forced, logits), the core state before row 0, the weights version,
+        and the games finished meanwhile as (return, length)."""
         if weights is not None:
             self.set_weights(weights)
         k, T = self.next_k, self.T
         while (self.step <= (k + 1) * T).any():
             ids, obs, reward, first, done = self.env.recv()
             self.episodes.extend((float(r), int(n)) for _, r, n in done)
-            self._record_act_send(np.asarray(ids), obs, reward, first)
+            ids = np.asarray(ids)
+            game_start = np.isin(ids, [k for k, _, _ in done])   # a new game: its frame stack restarted
+            self._record_act_send(ids, obs, reward, first, game_start)
         self.next_k += 1
         out = self.rollouts.pop(k)
         # Rows 1..T were acted on with this call's weights (row 0 in the previous call, which the
@@ -98,8 +106,13 @@ class RolloutWorker:
     def _buffer(self, k):
         if k not in self.rollouts:
             T, N, e = self.T, self.env.num_envs, self.env
+            shape = e.observation_space.shape
+            frames = ({"frames": np.zeros((T + 1, N, *shape[1:]), np.uint8),
+                       "stack0": np.zeros((N, *shape), np.uint8),
+                       "stack_reset": np.zeros((T + 1, N), bool)} if self.compact else
+                      {"obs": np.zeros((T + 1, N, *shape), e.observation_space.dtype)})
             self.rollouts[k] = {
-                "obs": np.zeros((T + 1, N, *e.observation_space.shape), e.observation_space.dtype),
+                **frames,
                 "reward": np.zeros((T + 1, N), np.float32),
                 "first": np.zeros((T + 1, N), bool),
                 "last_action": np.zeros((T + 1, N), np.int64),
@@ -112,7 +125,7 @@ class RolloutWorker:
             }
         return self.rollouts[k]
 
-    def _record_act_send(self, ids, obs, reward, first):
+    def _record_act_send(self, ids, obs, reward, first, game_start):
         """Record one env group's output, act on it, and send the group's actions back."""
         step = self.step[ids]
         assert (step == step[0]).all(), "the envs of a group step together"
@@ -128,8 +141,13 @@ class RolloutWorker:
         # Step kT+t is row t of rollout k and, on a boundary (t == 0, k > 0), also row T of k-1.
         for rk, rt in [(k, t)] + ([(k - 1, self.T)] if t == 0 and k > 0 else []):
             buf = self._buffer(rk)
-            buf["obs"][rt, ids], buf["reward"][rt, ids], buf["first"][rt, ids] = obs, reward, first
-            buf["last_action"][rt, ids] = last
+            if self.compact:
+                buf["frames"][rt, ids], buf["stack_reset"][rt, ids] = obs[:, -1], game_start
+                if rt == 0:
+                    buf["stack0"][ids] = obs
+            else:
+                buf["obs"][rt, ids] = obs
+            buf["reward"][rt, ids], buf["first"][rt, ids], buf["last_action"][rt, ids] = reward, first, last
         action, forced = self.env.send(action, ids)   # what the env played (a forced FIRE, or ours)
         buf = self._buffer(k)
         buf["action"][t, ids], buf["logits"][t, ids], buf["forced"][t, ids] = action, logits, forced

@@ -1,6 +1,10 @@
 """The learner batch: a dict of time-major [T+1, B, ...] CPU tensors, as the rollout actors ship them.
 
     "obs" [T+1, B, *obs_shape] uint8|float32   "reward" [T+1, B] float32 (raw; reward[0] unused)
+      or, for stacked frames [S, H, W] (Atari), the compact form the actors ship:
+      "frames" [T+1, B, H, W] uint8 (each row's newest frame)   "stack0" [B, S, H, W] uint8 (row 0's
+      stack)   "stack_reset" [T+1, B] bool (a game starts at that row: its stack is zeros + the frame);
+      rebuild_obs turns them into "obs" on the learner's device
     "first" [T+1, B] bool    "action" [T+1, B] int64    "last_action" [T+1, B] int64
     "forced" [T+1, B] bool (action t was the env's, not the policy's: a FIRE after a life loss)
     "logits" [T+1, B, A] float32 (behaviour)    "core_state" tuple of [B, ...] (before obs 0)
@@ -11,25 +15,55 @@ CUDA); random_batch makes a synthetic one for tests and benchmarks.
 import torch
 
 KEYS = ("obs", "reward", "first", "action", "last_action", "forced", "logits", "core_state")
+COMPACT_OBS = ("frames", "stack0", "stack_reset")
+STEP_KEYS = ("obs", "frames", "stack_reset", "reward", "first", "action", "last_action", "forced", "logits")
+
+
+def rebuild_obs(frames, stack0, stack_reset):
+    """[T+1, B, S, H, W] frame stacks from the compact form (see above), on the tensors' device.
+    Stack t holds the frames of rows t-S+1 .. t (rows < 0 from stack0), with the frames before the
+    last game start at or before row t zeroed, as AtariVectorEnv's reset leaves them."""
+    T1, B = frames.shape[:2]
+    S = stack0.shape[1]
+    history = torch.cat([stack0[:, :S - 1].transpose(0, 1), frames])       # row r at index r + S - 1
+    rows = torch.arange(T1, device=frames.device)
+    source = rows[:, None] - (S - 1) + torch.arange(S, device=frames.device)[None, :]   # [T+1, S]
+    starts = torch.where(stack_reset, rows[:, None], torch.full_like(rows[:, None], -T1 - S))
+    last_start = torch.cummax(starts, dim=0).values                         # [T+1, B]
+    valid = source[:, :, None] >= last_start[:, None, :]                    # [T+1, S, B]
+    stacks = history[source + (S - 1)] * valid[..., None, None].to(frames.dtype)   # [T+1, S, B, H, W]
+    return stacks.transpose(1, 2)
 
 
 def check_batch(batch, obs_shape, num_actions):
     """Validate `batch` against the contract; returns (T, B)."""
     if not isinstance(batch, dict):
         raise TypeError(f"a learner batch is a dict with keys {', '.join(KEYS)}, got {type(batch).__name__}")
-    missing = [k for k in KEYS if k not in batch]
+    keys = KEYS if "frames" not in batch else tuple(k for k in KEYS if k != "obs") + COMPACT_OBS
+    missing = [k for k in keys if k not in batch]
     if missing:
-        raise ValueError(f"learner batch lacks {', '.join(missing)}; it needs {', '.join(KEYS)}")
-    obs = batch["obs"]
-    if obs.dim() != 2 + len(obs_shape) or tuple(obs.shape[2:]) != tuple(obs_shape):
-        raise ValueError(f"batch obs has shape {tuple(obs.shape)}, expected [T+1, B, "
-                         f"{', '.join(map(str, obs_shape))}]")
-    T1, B = obs.shape[:2]
+        raise ValueError(f"learner batch lacks {', '.join(missing)}; it needs {', '.join(keys)}")
+    if "frames" in batch:
+        frames, stack0 = batch["frames"], batch["stack0"]
+        if len(obs_shape) != 3 or tuple(frames.shape[2:]) != tuple(obs_shape[1:]) or frames.dim() != 4 \
+                or tuple(stack0.shape[1:]) != tuple(obs_shape) or stack0.shape[0] != frames.shape[1]:
+            raise ValueError(f"batch frames {tuple(frames.shape)} and stack0 {tuple(stack0.shape)} do not make "
+                             f"stacks of {tuple(obs_shape)}: expected [T+1, B, {', '.join(map(str, obs_shape[1:]))}] "
+                             f"and [B, {', '.join(map(str, obs_shape))}]")
+        T1, B = frames.shape[:2]
+    else:
+        obs = batch["obs"]
+        if obs.dim() != 2 + len(obs_shape) or tuple(obs.shape[2:]) != tuple(obs_shape):
+            raise ValueError(f"batch obs has shape {tuple(obs.shape)}, expected [T+1, B, "
+                             f"{', '.join(map(str, obs_shape))}]")
+        T1, B = obs.shape[:2]
     if T1 < 2:
         raise ValueError(f"batch holds {T1} observation(s) per sequence; an unroll of T >= 1 steps has T+1")
     want = {"reward": ((T1, B), None), "first": ((T1, B), torch.bool), "action": ((T1, B), torch.int64),
             "last_action": ((T1, B), torch.int64), "forced": ((T1, B), torch.bool),
             "logits": ((T1, B, num_actions), None)}
+    if "frames" in batch:
+        want["stack_reset"] = ((T1, B), torch.bool)
     for key, (shape, dtype) in want.items():
         x = batch[key]
         if tuple(x.shape) != shape:
@@ -43,7 +77,8 @@ def check_batch(batch, obs_shape, num_actions):
 
 
 def to_device(batch, device):
-    """The batch's tensors on `device`; on CUDA through pinned memory, so the copies are asynchronous."""
+    """The batch's tensors on `device` (on CUDA through pinned memory, so the copies are
+    asynchronous), with compact frames rebuilt into "obs" there: a quarter of the bytes cross."""
     device = torch.device(device)
     cuda = device.type == "cuda"
 
@@ -52,8 +87,10 @@ def to_device(batch, device):
             x = x.pin_memory()
         return x.to(device, non_blocking=cuda)
 
-    out = {k: move(batch[k]) for k in KEYS if k != "core_state"}
+    out = {k: move(v) for k, v in batch.items() if torch.is_tensor(v)}
     out["core_state"] = tuple(move(s) for s in batch["core_state"])
+    if "frames" in out:
+        out["obs"] = rebuild_obs(out.pop("frames"), out.pop("stack0"), out.pop("stack_reset"))
     return out
 
 

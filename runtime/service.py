@@ -19,9 +19,7 @@ import torch
 from actors.rollout import RolloutWorker
 from configs import config_from_dict
 from learner import Learner, checkpoint
-from learner.batch import KEYS
-
-ROLLOUT_ARRAYS = tuple(k for k in KEYS if k != "core_state")
+from learner.batch import STEP_KEYS
 
 
 def worker_seed(seed, index, num_envs):
@@ -100,22 +98,25 @@ class LearnerService:
                 "episodes": episodes, "new_restarts": self.restarts - restarts0}
 
     def _sequences_pending(self):
-        return sum(rollout["obs"].shape[1] - used for rollout, used in self.pending)
+        return sum(rollout["first"].shape[1] - used for rollout, used in self.pending)
 
     def _take_batch(self):
         """B sequences from the pending rollouts (whole or split along the batch dimension)."""
         need, parts = self.cfg.learner.batch_size, []
         while need:
             rollout, used = self.pending[0]
-            n = min(need, rollout["obs"].shape[1] - used)
+            n = min(need, rollout["first"].shape[1] - used)
             parts.append((rollout, used, used + n))
             need -= n
-            if used + n == rollout["obs"].shape[1]:
+            if used + n == rollout["first"].shape[1]:
                 self.pending.pop(0)
             else:
                 self.pending[0][1] = used + n
+        first = parts[0][0]
         batch = {k: torch.from_numpy(np.concatenate([r[k][:, a:b] for r, a, b in parts], axis=1))
-                 for k in ROLLOUT_ARRAYS}
+                 for k in STEP_KEYS if k in first}
+        if "stack0" in first:
+            batch["stack0"] = torch.from_numpy(np.concatenate([r["stack0"][a:b] for r, a, b in parts]))
         batch["core_state"] = tuple(torch.cat([r["core_state"][j][a:b] for r, a, b in parts])
                                     for j in range(len(parts[0][0]["core_state"])))
         versions = [r["version"] for r, a, b in parts for _ in range(b - a)]

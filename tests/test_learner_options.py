@@ -254,3 +254,22 @@ def test_forced_steps_stay_out_of_the_policy_loss(loss):
     chosen = {k: v.clone() if torch.is_tensor(v) else v for k, v in batch.items()}
     chosen["action"][4, 1] = (batch["action"][4, 1] + 1) % NUM_ACTIONS
     assert not np.allclose(losses_of(chosen), reference_losses, rtol=1e-6, atol=1e-7)
+
+
+def test_a_compact_frame_batch_trains_like_its_rebuilt_stacks():
+    from learner.batch import rebuild_obs
+    cfg = tiny_config("lstm", "model.torso=nature")
+    a, b = (Learner(cfg, image_space((4, 36, 36)), NUM_ACTIONS) for _ in range(2))
+    g = torch.Generator().manual_seed(0)
+    compact = random_batch((4, 36, 36), torch.uint8, NUM_ACTIONS, T, B, a.agent.initial_state(B), seed=3)
+    del compact["obs"]
+    compact["frames"] = torch.randint(0, 256, (T + 1, B, 36, 36), generator=g, dtype=torch.uint8)
+    compact["stack0"] = torch.randint(0, 256, (B, 4, 36, 36), generator=g, dtype=torch.uint8)
+    compact["stack_reset"] = torch.rand(T + 1, B, generator=g) < 0.3
+    full = {k: v for k, v in compact.items() if k not in ("frames", "stack0", "stack_reset")}
+    full["obs"] = rebuild_obs(compact["frames"], compact["stack0"], compact["stack_reset"])
+    assert full["obs"].shape == (T + 1, B, 4, 36, 36)
+    sa, sb = a.step(compact), b.step(full)
+    assert sa["loss/total"] == sb["loss/total"]
+    for p, q in zip(a.agent.parameters(), b.agent.parameters()):
+        assert torch.equal(p, q)

@@ -9,6 +9,7 @@ import torch
 
 from actors.rollout import RolloutWorker
 from configs import load_config
+from learner.batch import rebuild_obs
 
 
 def _cfg(env_batches, core="rdn", use_last_action=True):
@@ -107,8 +108,41 @@ def test_actor_bf16_on_atari_ships_float32_and_the_learner_unroll_stays_close():
         r = worker.rollout()
         assert r["logits"].dtype == np.float32 and all(s.dtype == torch.float32 for s in r["core_state"])
         worker.agent.bf16_torso_on_cpu = False     # the learner's float32 unroll of the same data
-        logits, _ = worker.agent.unroll(torch.from_numpy(r["obs"]), torch.from_numpy(r["reward"]),
-                                        torch.from_numpy(r["first"]), r["core_state"])
+        obs = rebuild_obs(*(torch.from_numpy(r[k]) for k in ("frames", "stack0", "stack_reset")))
+        logits, _ = worker.agent.unroll(obs, torch.from_numpy(r["reward"]), torch.from_numpy(r["first"]),
+                                        r["core_state"])
         worker.agent.bf16_torso_on_cpu = True
         torch.testing.assert_close(logits[:-1], torch.from_numpy(r["logits"][:-1]), rtol=0, atol=3e-2)
     worker.close()
+
+
+def test_atari_frames_ship_once_and_rebuild_bit_for_bit():
+    """Stacked frames travel as each row's newest frame, row 0's stack and the game starts; the
+    rebuilt [T+1, N, 4, 84, 84] equals the stacks of a raw AtariVectorEnv stepped by hand with the
+    recorded actions, bit for bit, across life losses, game overs (SameStep autoreset: the new
+    game's stack is three zero frames and its first) and rollout boundaries."""
+    from ale_py.vector_env import AtariVectorEnv
+    n, seed, T = 3, 5, 20
+    cfg = load_config(overrides=[
+        "env.id=ALE/Breakout-v5", f"env.num_envs={n}", "env.env_batches=1", "env.num_threads=1",
+        "env.max_episode_frames=1200", "model.torso=nature", "model.core=lstm", "model.hidden_size=16",
+        "core.hidden_size=16", f"learner.unroll_length={T}"])
+    worker = RolloutWorker(cfg, seed=seed)
+    rollouts = [worker.rollout() for _ in range(25)]       # 500 steps: several game overs at the cap
+    worker.close()
+    assert "obs" not in rollouts[0]
+    ref = AtariVectorEnv("breakout", n, num_threads=1, autoreset_mode="SameStep", reward_clipping=False,
+                         episodic_life=False, max_num_frames_per_episode=1200)
+    obs, _ = ref.reset(seed=seed)
+    starts = 0
+    for r in rollouts:
+        rebuilt = rebuild_obs(*(torch.from_numpy(r[k]) for k in ("frames", "stack0", "stack_reset"))).numpy()
+        np.testing.assert_array_equal(rebuilt[0], obs)
+        for t in range(T):
+            obs, *_ = ref.step(r["action"][t])
+            np.testing.assert_array_equal(rebuilt[t + 1], obs, err_msg=f"row {t + 1}")
+        starts += r["stack_reset"][1:].sum()
+        sent = sum(r[k].nbytes for k in ("frames", "stack0", "stack_reset"))
+        assert sent < 0.3 * rebuilt.nbytes
+    ref.close()
+    assert starts >= n                                      # the check did cross game starts
