@@ -21,6 +21,7 @@ from agents import Agent
 from configs import config_from_dict
 
 from .envs import make_env
+from .weights import unflatten
 
 
 def act(agent, obs, reward, first, state, last_action, greedy=False):
@@ -35,13 +36,16 @@ def act(agent, obs, reward, first, state, last_action, greedy=False):
 
 
 class RolloutWorker:
-    def __init__(self, cfg, worker_index=0, seed=0, num_cpus=1):
+    def __init__(self, cfg, worker_index=0, seed=0, num_cpus=1, weights_holder=None):
         """cfg: a configs.Config or its dict form (what travels to a Ray actor); num_cpus: the CPUs
-        Ray gave this actor, which size ALE's thread pool when env.num_threads is 0."""
+        Ray gave this actor, which size ALE's thread pool when env.num_threads is 0;
+        weights_holder: the Ray actor (runtime.weights.WeightsHolder) each rollout fetches the
+        newest weights from when it starts."""
         cfg = config_from_dict(cfg) if isinstance(cfg, dict) else cfg
         torch.set_num_threads(1)      # inference on a few envs: threads would only contend with ALE's
         torch.manual_seed(seed)       # action sampling
         self.index = worker_index
+        self.holder = weights_holder
         self.T = cfg.learner.unroll_length
         threads = cfg.env.num_threads or max(1, int(num_cpus))
         self.env = make_env(dataclasses.replace(cfg.env, num_threads=threads), cfg.env.num_envs, seed)
@@ -69,11 +73,18 @@ class RolloutWorker:
                 self._record_act_send(ids, obs[ids], zeros[ids], ones[ids], ones[ids])
 
     def set_weights(self, weights):
-        """weights: (version, state_dict) as published by the learner."""
-        version, state_dict = weights
+        """weights: (version, state_dict), or the (version, layout, buffer) payload of
+        actors/weights.py, as the learner publishes them."""
+        version, *rest = weights
         if version != self.version:
-            self.agent.load_state_dict(state_dict)
+            self.agent.load_state_dict(rest[0] if len(rest) == 1 else unflatten(*rest))
             self.version = version
+
+    def _fetch_newest(self):
+        import ray
+        latest = ray.get(self.holder.latest.remote(self.version))
+        if latest is not None:
+            self.set_weights(ray.get(latest[1][0]))
 
     def info(self):
         e = self.env
@@ -88,6 +99,8 @@ class RolloutWorker:
         and the games finished meanwhile as (return, length)."""
         if weights is not None:
             self.set_weights(weights)
+        elif self.holder is not None:
+            self._fetch_newest()          # the newest published weights, not those of when it was queued
         k, T = self.next_k, self.T
         while (self.step <= (k + 1) * T).any():
             ids, obs, reward, first, done = self.env.recv()

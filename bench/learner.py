@@ -6,6 +6,13 @@ device (pinned, non_blocking on CUDA), as in training. Prints a markdown table.
 
     python bench/learner.py                                   # paper settings (meant for a GPU)
     python bench/learner.py --batch-size 4 --unroll-length 10 --updates 3   # a short CPU run
+    python bench/learner.py --pipeline [--torso nature]      # + the full data path
+
+--pipeline adds, per core, the real LearnerService (loader and publisher threads, object store,
+weights holder) fed by Ray actors that return prebuilt Atari rollouts (compact frames, as the
+rollout workers ship them) as fast as asked, no envs: updates/s of (a) compute only (the rows
+above) and (b) the full data path, their ratio, the bytes of one rollout in the object store
+(and of the same rollout with whole frame stacks), and the policy lag the service reports.
 """
 import argparse
 import platform
@@ -24,9 +31,7 @@ from learner import Learner, random_batch  # noqa: E402
 
 
 def bench(core, args):
-    cfg = load_config(None, [f"model.core={core}", f"learner.batch_size={args.batch_size}",
-                             f"learner.unroll_length={args.unroll_length}", f"learner.device={args.device}",
-                             f"learner.bf16={args.bf16}"])
+    cfg = _cfg(core, args)
     space = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
     learner = Learner(cfg, space, args.num_actions, frames_per_step=args.frame_skip)
     B, T = args.batch_size, args.unroll_length
@@ -44,6 +49,71 @@ def bench(core, args):
                 updates=1 / seconds, frames=T * B * args.frame_skip / seconds)
 
 
+class Producer:
+    """A rollout actor without envs: RolloutWorker's interface, returning one prebuilt rollout of
+    `env.num_envs` sequences (compact Atari frames) per call, tagged with the newest weights'
+    version it fetched from the holder, as a real worker does."""
+
+    def __init__(self, cfg, worker_index=0, seed=0, num_cpus=1, weights_holder=None):
+        from configs import config_from_dict
+        cfg = config_from_dict(cfg) if isinstance(cfg, dict) else cfg
+        T, N, A = cfg.learner.unroll_length, cfg.env.num_envs, 6
+        g = np.random.default_rng(seed)
+        self.holder, self.version = weights_holder, -1
+        core_state = Learner(cfg, gym.spaces.Box(0, 255, (4, 84, 84), np.uint8), A, 4).agent.initial_state(N)
+        self.rollout_ = {
+            "frames": g.integers(0, 256, (T + 1, N, 84, 84), dtype=np.uint8),
+            "stack0": g.integers(0, 256, (N, 4, 84, 84), dtype=np.uint8),
+            "stack_reset": g.random((T + 1, N)) < 0.01, "reward": g.normal(size=(T + 1, N)).astype(np.float32),
+            "first": g.random((T + 1, N)) < 0.01, "action": g.integers(0, A, (T + 1, N)),
+            "last_action": g.integers(0, A, (T + 1, N)), "forced": np.zeros((T + 1, N), bool),
+            "logits": g.normal(size=(T + 1, N, A)).astype(np.float32), "core_state": core_state}
+
+    def info(self):
+        return dict(observation_space=gym.spaces.Box(0, 255, (4, 84, 84), np.uint8), num_actions=6,
+                    frames_per_step=4, num_envs=self.rollout_["first"].shape[1])
+
+    def rollout(self):
+        import ray
+        latest = ray.get(self.holder.latest.remote(self.version))
+        if latest is not None:
+            self.version = latest[0]
+        return {**self.rollout_, "version": self.version, "episodes": []}
+
+
+def pipeline(core, args, compute_updates_per_s):
+    """The full data path: the real service fed by Producers; returns its row."""
+    import ray
+
+    from runtime import cluster
+    from runtime.service import LearnerService
+    cfg = _cfg(core, args, [f"run.num_actors={args.producers}", f"env.num_envs={args.envs}",
+                            "run.actor_cpus=0.01"])
+    started = cluster.start_ray(cfg)
+    try:
+        service = ray.remote(LearnerService).options(num_cpus=1).remote(cfg, worker_cls=Producer)
+        ray.get(service.run.remote(args.warmup_s))
+        report = ray.get(service.run.remote(args.seconds))
+        ray.get(service.close.remote())
+        sample = Producer(cfg, 0, 0, 1, None).rollout_
+    finally:
+        if started:
+            ray.shutdown()
+    stats = report["stats"]
+    updates = stats["perf/env_frames_per_s"] / (args.batch_size * args.unroll_length * args.frame_skip)
+    sent = sum(v.nbytes for k, v in sample.items() if isinstance(v, np.ndarray))
+    whole = sent - sample["frames"].nbytes - sample["stack0"].nbytes - sample["stack_reset"].nbytes + \
+        sample["frames"].nbytes * 4 // 1
+    return dict(core=core, updates=updates, ratio=updates / compute_updates_per_s, sent=sent, whole=whole,
+                lag=stats.get("learner/policy_lag", float("nan")), wait=stats.get("learner/wait_fraction", 0.0))
+
+
+def _cfg(core, args, more=()):
+    return load_config(None, [f"model.core={core}", f"model.torso={args.torso}", f"learner.batch_size={args.batch_size}",
+                              f"learner.unroll_length={args.unroll_length}", f"learner.device={args.device}",
+                              f"learner.bf16={args.bf16}", *more])
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cores", nargs="+", default=["lstm", "rdn"])
@@ -55,17 +125,37 @@ def main():
     p.add_argument("--num-actions", type=int, default=6)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA only)")
+    p.add_argument("--torso", default="impala_resnet", choices=["impala_resnet", "nature"])
+    p.add_argument("--pipeline", action="store_true", help="also time the full data path (see above)")
+    p.add_argument("--producers", type=int, default=4, help="--pipeline: rollout producers")
+    p.add_argument("--envs", type=int, default=8, help="--pipeline: sequences per produced rollout")
+    p.add_argument("--seconds", type=float, default=30.0, help="--pipeline: timed seconds")
+    p.add_argument("--warmup-s", type=float, default=10.0, help="--pipeline: untimed seconds first")
     args = p.parse_args()
+    if args.pipeline:   # the service's actor (1 CPU) runs torch on one thread: compare like with like
+        torch.set_num_threads(1)
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else \
         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    print(f"# learner: impala_resnet [4, 84, 84] uint8, B={args.batch_size}, T={args.unroll_length}, "
+    print(f"# learner: {args.torso} [4, 84, 84] uint8, B={args.batch_size}, T={args.unroll_length}, "
           f"frame skip {args.frame_skip}, {'bf16' if args.bf16 else 'fp32'}, torch {torch.__version__}, {dev}")
     print("| core | device | params | ms/update | updates/s | frames/s |")
     print("|---|---|---:|---:|---:|---:|")
+    compute = {}
     for core in args.cores:
         r = bench(core, args)
+        compute[core] = r["updates"]
         print(f"| {r['core']} | {r['device']} | {r['params']:,} | {r['ms']:.1f} | {r['updates']:.2f} | "
               f"{r['frames']:,.0f} |", flush=True)
+    if args.pipeline:
+        print(f"\n# full data path: LearnerService fed by {args.producers} producers of {args.envs}-sequence rollouts, "
+              f"{args.seconds:g} s after {args.warmup_s:g} s of warm-up\n")
+        print("| core | compute only (updates/s) | full path (updates/s) | full / compute | bytes per rollout "
+              "(compact) | with whole stacks | learner waited | policy lag |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for core in args.cores:
+            r = pipeline(core, args, compute[core])
+            print(f"| {core} | {compute[core]:.2f} | {r['updates']:.2f} | {r['ratio']:.0%} | {r['sent']:,} | "
+                  f"{r['whole']:,} | {r['wait']:.0%} | {r['lag']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,11 @@ class RunConfig:
     seed: int = _f(0, "seed of the initial weights, the envs and the sampled actions")
     logdir: str = _f("", "run directory; empty: runs/<env>-<core>-<date-time>")
     max_rollouts_in_flight: int = _f(2, "rollout calls pending per actor (back-pressure keeps memory flat)")
+    learner_queue_size: int = _f(0, "rollouts the learner fetches ahead of training on them; 0: enough "
+                                 "for two batches")
+    max_policy_lag: int = _f(0, "drop (and count) sequences acted with weights more than this many "
+                             "updates old; 0: keep all")
+    publish_interval: int = _f(1, "updates between two publications of the weights to the actors")
     checkpoint_interval_s: float = _f(600.0, "seconds between checkpoints (also at the end and on a signal)")
     save_at_frames: list[int] = _f((), "frame counts at which a copy of the checkpoint is kept as "
                                    "checkpoint_<frames>.pt (e.g. [200e6] for the paper's 50M-step results)")

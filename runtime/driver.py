@@ -58,7 +58,12 @@ def check_config(cfg):
               ("run.actor_cpus", cfg.run.actor_cpus > 0),
               ("learner.epochs", lc.epochs >= 1),
               ("learner.minibatches", lc.minibatches >= 1),
-              ("learner.ppo_clip", lc.ppo_clip > 0)]
+              ("learner.ppo_clip", lc.ppo_clip > 0),
+              ("run.publish_interval", cfg.run.publish_interval >= 1)]
+    for key in ("run.learner_queue_size", "run.max_policy_lag"):
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) < 0:
+            raise ConfigError(f"{key} must be >= 0, got {getattr(getattr(cfg, section), name)}")
     for key, ok in checks:
         if not ok:
             raise ConfigError(f"{key} must be positive")

@@ -2,13 +2,26 @@
 through the Learner, weights out through the object store.
 
 `LearnerService` runs inside a Ray actor (on a GPU when the cluster has one) and owns the rollout
-actors. The driver (runtime/driver.py) calls `run(seconds)` again and again: each call trains for about that
-long and reports what happened, so the driver can log, checkpoint and stop between calls.
+actors. The driver (runtime/driver.py) calls `run(seconds)` again and again: each call trains for
+about that long and reports what happened, so the driver can log, checkpoint and stop between calls.
 
-Back-pressure: each actor has at most `run.max_rollouts_in_flight` rollout calls pending, so however
-long the run, the object store holds a bounded number of rollouts. A dead actor is restarted by Ray
-(max_restarts=-1); its failed calls are counted in actors/restarts and resubmitted.
+The data path, per update (threads, so that each overlaps the others):
+- the loader thread waits for finished rollouts, fetches each once (`ray.get`), resubmits the
+  actor, and concatenates B sequences straight into one of three rotating host buffers (pinned on
+  CUDA, then copied to the GPU on a side stream with an event the update waits for);
+- the main thread (`run`) trains on the batch ready while the loader builds the next;
+- the publisher thread turns the newest weights (flattened on the device after each update, or
+  every run.publish_interval) into one numpy buffer in the object store and hands its reference to
+  the WeightsHolder, from which every rollout fetches the newest version when it starts.
+
+Back-pressure: each actor has at most run.max_rollouts_in_flight rollout calls pending, and the
+loader fetches no more than run.learner_queue_size rollouts ahead of the update, so memory stays
+flat however long the run. A dead actor is restarted by Ray (max_restarts=-1); its failed calls
+are counted in actors/restarts and resubmitted.
 """
+import math
+import queue
+import threading
 import time
 from collections import defaultdict
 
@@ -17,9 +30,14 @@ import ray
 import torch
 
 from actors.rollout import RolloutWorker
+from actors.weights import flatten
 from configs import config_from_dict
 from learner import Learner, checkpoint
-from learner.batch import STEP_KEYS
+
+from .batcher import Batcher, host_buffers
+from .weights import WeightsHolder
+
+BUFFERS = 3     # host buffers in rotation: one being filled, one queued, one being trained on
 
 
 def worker_seed(seed, index, num_envs):
@@ -27,13 +45,22 @@ def worker_seed(seed, index, num_envs):
     return seed * 1_000_003 + index * num_envs
 
 
+def queue_size(cfg, num_envs):
+    """run.learner_queue_size, or (0) rollouts enough for two batches."""
+    need = math.ceil(cfg.learner.batch_size / num_envs)
+    return cfg.run.learner_queue_size or 2 * need
+
+
 class LearnerService:
-    def __init__(self, cfg, checkpoint_payload=None, source="checkpoint"):
+    def __init__(self, cfg, checkpoint_payload=None, source="checkpoint", worker_cls=RolloutWorker):
+        """worker_cls: the rollout actors' class (bench/learner.py --pipeline passes producers of
+        prebuilt rollouts with RolloutWorker's interface)."""
         cfg = config_from_dict(cfg) if isinstance(cfg, dict) else cfg
         self.cfg, rc = cfg, cfg.run
-        worker = ray.remote(RolloutWorker).options(
+        self.holder = ray.remote(WeightsHolder).options(num_cpus=0).remote()
+        worker = ray.remote(worker_cls).options(
             num_cpus=rc.actor_cpus, max_restarts=-1, max_task_retries=0)
-        self.workers = [worker.remote(cfg, i, worker_seed(rc.seed, i, cfg.env.num_envs), rc.actor_cpus)
+        self.workers = [worker.remote(cfg, i, worker_seed(rc.seed, i, cfg.env.num_envs), rc.actor_cpus, self.holder)
                         for i in range(rc.num_actors)]
         info = ray.get(self.workers[0].info.remote())
         self.num_envs = info["num_envs"]
@@ -44,16 +71,109 @@ class LearnerService:
                 self.extra = self.learner.load_payload(checkpoint_payload, source)
             except checkpoint.CheckpointError as e:  # reported by state(), raised by the driver
                 self.error = str(e)
-        self.weights = ray.put(self.learner.weights())
-        self.in_flight = {}           # ObjectRef -> worker index
-        self.pending = []             # rollouts not yet batched: [rollout, first unused sequence]
+        self.queue_size = queue_size(cfg, self.num_envs)
+        if self.queue_size * self.num_envs < cfg.learner.batch_size:
+            raise ValueError(f"run.learner_queue_size={rc.learner_queue_size} rollouts of {self.num_envs} envs hold "
+                             f"fewer than a batch of {cfg.learner.batch_size} sequences: raise it to at least "
+                             f"{math.ceil(cfg.learner.batch_size / self.num_envs)}, or 0 for the default")
+        self._publish_now()                 # version 0 (or the checkpoint's) before any rollout asks
+        self.batcher = Batcher(cfg.learner.batch_size, rc.max_policy_lag)
+        self.in_flight = {}                 # ObjectRef -> worker index
         self.restarts = 0
+        self.peak_queued = 0                # the most rollouts fetched and waiting to be batched
+        self.batches = queue.Queue(maxsize=1)
+        self._events = []                   # (episodes, restart) reports from the loader thread
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._failure = None
+        self._to_publish, self._publish_ready = None, threading.Event()
+        self.device = self.learner.device
+        self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         for i in range(len(self.workers)):
             for _ in range(rc.max_rollouts_in_flight):
                 self._request(i)
+        self._threads = [threading.Thread(target=self._guard, args=(f,), daemon=True, name=f.__name__)
+                         for f in (self._load, self._publish)]
+        for t in self._threads:
+            t.start()
+
+    # -- threads ------------------------------------------------------------------------------------
+
+    def _guard(self, body):
+        try:
+            body()
+        except BaseException as e:  # noqa: BLE001  re-raised by run() in the caller's thread
+            self._failure = e
 
     def _request(self, i):
-        self.in_flight[self.workers[i].rollout.remote(self.weights)] = i
+        self.in_flight[self.workers[i].rollout.remote()] = i
+
+    def _load(self):
+        """Fetch finished rollouts (at most queue_size ahead), batch them into rotating buffers."""
+        buffers, events, turn = None, [None] * BUFFERS, 0
+        while not self._stop.is_set():
+            if self.batcher.rollouts() < self.queue_size:
+                ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=0.05)
+                for ref in ready:
+                    i = self.in_flight.pop(ref)
+                    try:
+                        rollout = ray.get(ref)
+                    except ray.exceptions.RayActorError as e:
+                        with self._lock:
+                            self.restarts += 1
+                        print(f"[learner] actor {i} failed ({type(e).__name__}); Ray restarts it", flush=True)
+                        self._request(i)
+                        continue
+                    self._request(i)
+                    with self._lock:
+                        self._events.append(rollout.pop("episodes"))
+                    self.batcher.add(rollout)
+                    self.peak_queued = max(self.peak_queued, self.batcher.rollouts())
+            if self.batcher.sequences() < self.cfg.learner.batch_size:
+                if self.batcher.rollouts() >= self.queue_size:
+                    time.sleep(0.005)   # stale drops only: wait for the update to move on
+                continue
+            if buffers is None:
+                first = self.batcher.pending[0][0]
+                buffers = [host_buffers(first, self.cfg.learner.batch_size, pin=self._copy_stream is not None)
+                           for _ in range(BUFFERS)]
+            if events[turn] is not None:
+                events[turn].synchronize()          # its last copy to the GPU is done: free to refill
+            taken = self.batcher.take(self.learner.version, out=buffers[turn])
+            if taken is None:
+                continue
+            batch, versions = taken
+            if self._copy_stream is not None:
+                with torch.cuda.stream(self._copy_stream):
+                    batch = {k: tuple(s.to(self.device, non_blocking=True) for s in v) if k == "core_state"
+                             else v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                    events[turn] = torch.cuda.Event()
+                    events[turn].record(self._copy_stream)
+            item = (batch, versions, events[turn])
+            turn = (turn + 1) % BUFFERS
+            while not self._stop.is_set():
+                try:
+                    self.batches.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+
+    def _publish(self):
+        """Put the newest flattened weights in the object store and hand them to the holder."""
+        while not self._stop.is_set():
+            if not self._publish_ready.wait(timeout=0.1):
+                continue
+            with self._lock:
+                version, flat = self._to_publish
+                self._publish_ready.clear()
+            ref = ray.put(flat.payload(version))
+            self.holder.publish.remote(version, [ref])
+
+    def _publish_now(self):
+        version, flat = self.learner.version, flatten(self.learner.agent.state_dict())
+        ray.get(self.holder.publish.remote(version, [ray.put(flat.payload(version))]))
+
+    # -- the driver's calls -------------------------------------------------------------------------
 
     def state(self):
         return {"frames": self.learner.frames, "version": self.learner.version, "extra": self.extra,
@@ -64,63 +184,48 @@ class LearnerService:
         consumed; return what happened meanwhile."""
         learner = self.learner
         total = self.cfg.run.total_frames if until_frames is None else min(until_frames, self.cfg.run.total_frames)
-        start, frames0, restarts0 = time.monotonic(), learner.frames, self.restarts
-        stats, episodes, lags = defaultdict(list), [], []
+        start, frames0 = time.monotonic(), learner.frames
+        with self._lock:
+            restarts0 = self.restarts
+        stats, lags, waited = defaultdict(list), [], 0.0
         while time.monotonic() - start < seconds and learner.frames < total:
-            timeout = max(0.0, seconds - (time.monotonic() - start))
-            ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=timeout)
-            if not ready:
-                continue
-            i = self.in_flight.pop(ready[0])
+            if self._failure is not None:
+                raise RuntimeError("the learner's loader or publisher thread failed") from self._failure
+            t0 = time.monotonic()
             try:
-                rollout = ray.get(ready[0])
-            except ray.exceptions.RayActorError as e:
-                self.restarts += 1
-                print(f"[learner] actor {i} failed ({type(e).__name__}); Ray restarts it", flush=True)
-                self._request(i)
+                batch, versions, event = self.batches.get(timeout=0.1)
+            except queue.Empty:
+                waited += time.monotonic() - t0
                 continue
-            self._request(i)
-            episodes.extend(rollout["episodes"])
-            self.pending.append([rollout, 0])
-            while self._sequences_pending() >= self.cfg.learner.batch_size and learner.frames < total:
-                batch, versions = self._take_batch()
-                lags.append(learner.version - np.mean(versions))  # updates since they acted
-                for key, value in learner.step(batch).items():
-                    stats[key].append(value)
-                self.weights = ray.put(learner.weights())
+            waited += time.monotonic() - t0
+            if event is not None:          # the side stream's copy, before the update reads it
+                stream = torch.cuda.current_stream(self.device)
+                stream.wait_event(event)
+                for v in batch.values():
+                    for x in (v if isinstance(v, tuple) else (v,)):
+                        x.record_stream(stream)
+            lags.append(learner.version - np.mean(versions))  # updates since they acted
+            for key, value in learner.step(batch).items():
+                stats[key].append(value)
+            if learner.version % self.cfg.run.publish_interval == 0:
+                flat = flatten(learner.agent.state_dict())   # a device copy; the host copy is the publisher's
+                with self._lock:
+                    self._to_publish = (learner.version, flat)
+                    self._publish_ready.set()
         elapsed = time.monotonic() - start
         report = {key: float(np.mean(v)) for key, v in stats.items()}
         if lags:
             report["learner/policy_lag"] = float(np.mean(lags))
         report["perf/env_frames_per_s"] = (learner.frames - frames0) / max(elapsed, 1e-9)
-        report["actors/restarts"] = float(self.restarts)
+        report["learner/wait_fraction"] = waited / max(elapsed, 1e-9)
+        report["learner/dropped_stale"] = float(self.batcher.dropped)
+        with self._lock:
+            episodes = [e for events in self._events for e in events]
+            self._events.clear()
+            restarts = self.restarts
+        report["actors/restarts"] = float(restarts)
         return {"frames": learner.frames, "version": learner.version, "stats": report,
-                "episodes": episodes, "new_restarts": self.restarts - restarts0}
-
-    def _sequences_pending(self):
-        return sum(rollout["first"].shape[1] - used for rollout, used in self.pending)
-
-    def _take_batch(self):
-        """B sequences from the pending rollouts (whole or split along the batch dimension)."""
-        need, parts = self.cfg.learner.batch_size, []
-        while need:
-            rollout, used = self.pending[0]
-            n = min(need, rollout["first"].shape[1] - used)
-            parts.append((rollout, used, used + n))
-            need -= n
-            if used + n == rollout["first"].shape[1]:
-                self.pending.pop(0)
-            else:
-                self.pending[0][1] = used + n
-        first = parts[0][0]
-        batch = {k: torch.from_numpy(np.concatenate([r[k][:, a:b] for r, a, b in parts], axis=1))
-                 for k in STEP_KEYS if k in first}
-        if "stack0" in first:
-            batch["stack0"] = torch.from_numpy(np.concatenate([r["stack0"][a:b] for r, a, b in parts]))
-        batch["core_state"] = tuple(torch.cat([r["core_state"][j][a:b] for r, a, b in parts])
-                                    for j in range(len(parts[0][0]["core_state"])))
-        versions = [r["version"] for r, a, b in parts for _ in range(b - a)]
-        return batch, versions
+                "episodes": episodes, "new_restarts": restarts - restarts0}
 
     def checkpoint_payload(self, extra):
         """Everything needed to continue, as plain data (the driver writes it atomically)."""
@@ -132,5 +237,9 @@ class LearnerService:
         ray.kill(self.workers[i], no_restart=False)
 
     def close(self):
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5)
         for w in self.workers:
             ray.kill(w)
+        ray.kill(self.holder)
