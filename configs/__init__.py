@@ -113,6 +113,7 @@ class RunConfig:
     max_policy_lag: int = _f(0, "drop (and count) sequences acted with weights more than this many "
                              "updates old; 0: keep all")
     publish_interval: int = _f(1, "updates between two publications of the weights to the actors")
+    max_learner_restarts: int = _f(3, "times the driver restarts a dead learner from the last checkpoint")
     checkpoint_interval_s: float = _f(600.0, "seconds between checkpoints (also at the end and on a signal)")
     save_at_frames: list[int] = _f((), "frame counts at which a copy of the checkpoint is kept as "
                                    "checkpoint_<frames>.pt (e.g. [200e6] for the paper's 50M-step results)")

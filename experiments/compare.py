@@ -39,7 +39,7 @@ from learner import checkpoint
 from runtime import cluster
 from runtime.driver import RunDir, Training, env_dirname
 
-from .evaluate import EVAL_SEED, evaluate
+from .evaluate import eval_seed, evaluate
 # Keys that may differ between a run on disk and the command that continues it.
 FREE_KEYS = {"run.total_frames", "run.logdir", "run.log_interval_s", "run.checkpoint_interval_s"}
 
@@ -140,7 +140,7 @@ def run_grid(runs, address=None, parallel=1, eval_episodes=10, eval_greedy=False
     if "interrupted" in actions.values():
         return actions
     for run in runs:
-        seed = EVAL_SEED + run.seed
+        seed = eval_seed(run.seed)
         if _needs_eval(run, eval_episodes, eval_greedy, seed, eval_protocol):
             result = evaluate(run.dir, eval_episodes, greedy=eval_greedy, seed=seed, protocol=eval_protocol)
             log(f"compare: {run.dir}: evaluation over {result['episodes']} episodes: "

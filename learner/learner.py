@@ -54,6 +54,7 @@ class Learner:
         if cfg.learner.bf16 and not self.bf16:
             warnings.warn("learner.bf16 applies on CUDA only; this learner runs on the CPU in float32")
         self.frames = 0            # environment frames consumed (T * B * frames_per_step per batch)
+        self.lr_anchor = (0, 1.0)  # where the lr schedule restarts (see current_lr)
         self.version = 0           # applied updates: the weights' version number
         self.skipped_updates = 0   # updates refused by the non-finite guard
 
@@ -66,14 +67,23 @@ class Learner:
                                    eps=lc.rmsprop_eps, momentum=lc.rmsprop_momentum)
 
     def current_lr(self):
-        """learner.lr_schedule over run.total_frames, as a function of the frames consumed so far."""
+        """learner.lr_schedule as a function of the frames consumed: from the anchor (frames a,
+        factor m; (0, 1) for a run that never changed its budget) to run.total_frames, the lr is
+        lr · m · (1 − q) (linear) or lr · m · (1 + cos πq) / 2 (cosine), q = (frames − a) / (total − a).
+        A resume with another budget moves the anchor to the resume point (load_payload), so the lr
+        goes on from where it was, without a jump, and still reaches zero at the new budget."""
         lc = self.cfg.learner
-        progress = min(1.0, self.frames / self.cfg.run.total_frames)
-        if lc.lr_schedule == "linear":
-            return lc.lr * (1.0 - progress)
-        if lc.lr_schedule == "cosine":
-            return lc.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-        return lc.lr
+        return lc.lr * self._lr_factor(self.frames, self.cfg.run.total_frames, self.lr_anchor)
+
+    def _lr_factor(self, frames, total, anchor):
+        start, factor = anchor
+        q = 1.0 if total <= start else min(1.0, max(0.0, (frames - start) / (total - start)))
+        schedule = self.cfg.learner.lr_schedule
+        if schedule == "linear":
+            return factor * (1.0 - q)
+        if schedule == "cosine":
+            return factor * 0.5 * (1.0 + math.cos(math.pi * q))
+        return 1.0
 
     def step(self, batch):
         """Learn from a batch of B unrolls: learner.epochs passes over it, each in learner.minibatches
@@ -202,7 +212,8 @@ class Learner:
             "optimizer": optimizer,
             # The lr schedule is a function of these counters and the config: no scheduler state.
             "counters": {"frames": self.frames, "version": self.version,
-                         "skipped_updates": self.skipped_updates},
+                         "skipped_updates": self.skipped_updates, "total_frames": self.cfg.run.total_frames,
+                         "lr_anchor": [self.lr_anchor[0], float(self.lr_anchor[1])]},
             "rng": checkpoint.rng_state(),
             # PopArt's value statistics (None without PopArt): the baseline head means nothing without them.
             "popart": None if self.popart is None else {k: v.cpu() for k, v in self.popart.state_dict().items()},
@@ -249,6 +260,12 @@ class Learner:
         self.optimizer = optimizer
         self.frames, self.version = counters["frames"], counters["version"]
         self.skipped_updates = counters["skipped_updates"]
+        # Older checkpoints have no anchor: their schedule ran from (0, 1) over their config's budget.
+        anchor = tuple(counters.get("lr_anchor", (0, 1.0)))
+        total = counters.get("total_frames", payload["config"]["run"]["total_frames"])
+        if total != self.cfg.run.total_frames:    # a new budget: the schedule goes on from here
+            anchor = (self.frames, self._lr_factor(self.frames, total, anchor))
+        self.lr_anchor = (int(anchor[0]), float(anchor[1]))
         checkpoint.set_rng_state(payload["rng"])
         return payload["extra"]
 

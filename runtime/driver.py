@@ -74,6 +74,17 @@ def check_config(cfg):
         raise ConfigError(f"learner.popart_beta must lie in (0, 1], got {lc.popart_beta}")
 
 
+def _row_frames(line):
+    """A row's frames; infinity (dropped) for a torn line, as a kill mid-write leaves."""
+    fields = line.split(",")
+    if not line.endswith("\n") or len(fields) != 3:
+        return float("inf")
+    try:
+        return int(fields[0])
+    except ValueError:
+        return float("inf")
+
+
 class RunDirError(Error):
     """A run directory that cannot be used as asked (another run is there, or none to resume)."""
 
@@ -105,6 +116,17 @@ class RunDir:
         from learner.checkpoint import atomic_write
         atomic_write(self.config, config_yaml(cfg))
 
+    def truncate_episodes(self, frames):
+        """Keep only the episodes.csv rows logged at or before `frames` (a checkpoint's): rows a
+        crash left beyond it would be logged again, with earlier frame counts, by the continued run."""
+        if not self.episodes.is_file():
+            return
+        from learner.checkpoint import atomic_write
+        lines = self.episodes.read_text().splitlines(keepends=True)
+        kept = lines[:1] + [ln for ln in lines[1:] if ln.strip() and _row_frames(ln) <= frames]
+        if len(kept) != len(lines):
+            atomic_write(self.episodes, "".join(kept))
+
     def open_episodes(self):
         """episodes.csv for appending (with its header if new): (file, csv writer)."""
         f = open(self.episodes, "a", newline="")
@@ -132,9 +154,12 @@ class Training:
 
     def run(self, progress=True, on_report=None):
         """Train until run.total_frames or a stop signal; returns a summary dict (frames,
-        start_frames, stopped_by, final_return, episodes, logdir, wall_time_s). `on_report(report,
-        service)` is called after each interval (tests and benchmarks use it to watch or interfere
-        with a live run); returning True stops the run as a signal would."""
+        start_frames, stopped_by, final_return, episodes, logdir, wall_time_s, learner_restarts).
+        `on_report(report, service)` is called after each interval (tests and benchmarks use it to
+        watch or interfere with a live run); returning True stops the run as a signal would.
+
+        If the learner's Ray actor dies (OOM, a GPU error, its node lost), a new one continues
+        from the last checkpoint, up to run.max_learner_restarts times (learner/restarts)."""
         import ray
 
         from learner import checkpoint
@@ -142,32 +167,55 @@ class Training:
         self.dir.path.mkdir(parents=True, exist_ok=True)
         payload = checkpoint.read(self.dir.checkpoint) if self.resume else None
         started_ray = cluster.start_ray(self.cfg, self.address)
-        service, previous = None, {}
+        previous, restarts, start_frames = {}, 0, None
         try:
             if self.address:
                 cluster.check_cluster_fits(self.cfg)
-            from .service import LearnerService
-            service = ray.remote(LearnerService).options(**cluster.learner_resources(self.cfg)).remote(
-                config_to_dict(self.cfg), payload, str(self.dir.checkpoint))
-            state = ray.get(service.state.remote())
-            if state["error"]:
-                raise checkpoint.CheckpointError(state["error"])
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, self._on_signal)
-            return self._loop(service, state, progress, on_report)
+            while True:
+                service = self._start_service(payload)
+                try:
+                    state = ray.get(service.state.remote())
+                    if state["error"]:
+                        raise checkpoint.CheckpointError(state["error"])
+                    start_frames = state["frames"] if start_frames is None else start_frames
+                    summary = self._loop(service, state, progress, on_report, restarts,
+                                         resumed=payload is not None or restarts > 0)
+                    return {**summary, "start_frames": start_frames, "learner_restarts": restarts}
+                except ray.exceptions.RayActorError as e:
+                    if restarts >= self.cfg.run.max_learner_restarts:
+                        raise RuntimeError(f"the learner died {restarts + 1} times (run.max_learner_restarts="
+                                           f"{self.cfg.run.max_learner_restarts}); last: {e}") from e
+                    restarts += 1
+                    print(f"[driver] the learner died ({type(e).__name__}); restart {restarts} of "
+                          f"{self.cfg.run.max_learner_restarts} from the last checkpoint", file=sys.stderr, flush=True)
+                    payload = checkpoint.read(self.dir.checkpoint) if self.dir.checkpoint.is_file() else None
+                finally:
+                    self._close_service(service)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            if service is not None:
-                try:
-                    ray.get(service.close.remote(), timeout=30)
-                except Exception:  # noqa: BLE001  shutting down: nothing left to save here
-                    pass
-                ray.kill(service)
             if started_ray:
                 ray.shutdown()
 
-    def _loop(self, service, state, progress, on_report):
+    def _start_service(self, payload):
+        import ray
+
+        from .service import LearnerService
+        return ray.remote(LearnerService).options(**cluster.learner_resources(self.cfg)).remote(
+            config_to_dict(self.cfg), payload, str(self.dir.checkpoint))
+
+    @staticmethod
+    def _close_service(service):
+        import ray
+        try:
+            ray.get(service.close.remote(), timeout=30)
+        except Exception:  # noqa: BLE001  shutting down (or already dead): nothing left to save here
+            pass
+        ray.kill(service)
+
+    def _loop(self, service, state, progress, on_report, learner_restarts, resumed):
         import ray
         from tqdm import tqdm
 
@@ -179,11 +227,13 @@ class Training:
         frames, extra = state["frames"], state["extra"]
         recent = deque(extra.get("recent_returns", []), maxlen=100)
         wall = extra.get("wall_time_s", 0.0)
-        if not self.resume:
-            self.dir.write_config(cfg)
-        # purge_step drops events a crash left beyond the checkpoint, so the curves continue cleanly.
-        logger = TensorBoardLogger(self.dir.path, None if self.resume else cfg,
-                                   purge_step=frames if self.resume else None)
+        self.dir.write_config(cfg)          # the values in force (a resume may change the budget)
+        # From a checkpoint, the run directory goes back to it: TensorBoard's purge_step hides the
+        # events written beyond it and episodes.csv drops its rows beyond it.
+        if resumed:
+            self.dir.truncate_episodes(frames)
+        logger = TensorBoardLogger(self.dir.path, None if resumed else cfg,
+                                   purge_step=frames if resumed else None)
         episodes_file, episodes = self.dir.open_episodes()
         t0 = last_save = time.monotonic()
 
@@ -198,34 +248,46 @@ class Training:
         milestones = sorted(m for m in set(cfg.run.save_at_frames) if frames < m <= cfg.run.total_frames)
         bar = tqdm(total=cfg.run.total_frames, initial=frames, unit="frame", unit_scale=True,
                    dynamic_ncols=True, disable=not progress, desc=self.dir.path.name)
-        while frames < cfg.run.total_frames and self.stop is None:
-            report = ray.get(service.run.remote(min(cfg.run.log_interval_s, 5.0) if progress
-                                                else cfg.run.log_interval_s,
-                                                milestones[0] if milestones else None))
-            bar.update(report["frames"] - frames)
-            frames, stats = report["frames"], report["stats"]
-            if report["episodes"]:
-                returns = [r for r, _ in report["episodes"]]
-                recent.extend(returns)
-                stats["episode/return"] = float(sum(returns) / len(returns))
-                stats["episode/length"] = float(sum(n for _, n in report["episodes"]) / len(returns))
-                episodes.writerows((frames, r, n) for r, n in report["episodes"])
-            logger.scalars(stats, frames)
-            self._show(bar, progress, frames, stats, recent)
-            if on_report is not None and on_report(report, service):
-                self.stop = "on_report"
-            if milestones and frames >= milestones[0]:
-                save(self.dir.checkpoint, self.dir.path / f"checkpoint_{milestones.pop(0)}.pt")
-                last_save = time.monotonic()
-            elif time.monotonic() - last_save >= cfg.run.checkpoint_interval_s:
+        try:
+            while frames < cfg.run.total_frames and self.stop is None:
+                report = ray.get(service.run.remote(min(cfg.run.log_interval_s, 5.0) if progress
+                                                    else cfg.run.log_interval_s,
+                                                    milestones[0] if milestones else None))
+                bar.update(report["frames"] - frames)
+                frames, stats = report["frames"], report["stats"]
+                stats["learner/restarts"] = float(learner_restarts)
+                if report["episodes"]:
+                    returns = [r for r, _ in report["episodes"]]
+                    recent.extend(returns)
+                    stats["episode/return"] = float(sum(returns) / len(returns))
+                    stats["episode/length"] = float(sum(n for _, n in report["episodes"]) / len(returns))
+                    episodes.writerows((frames, r, n) for r, n in report["episodes"])
+                    episodes_file.flush()
+                logger.scalars(stats, frames)
+                self._show(bar, progress, frames, stats, recent)
+                if on_report is not None and on_report(report, service):
+                    self.stop = "on_report"
+                if milestones and frames >= milestones[0]:
+                    save(self.dir.checkpoint, self.dir.path / f"checkpoint_{milestones.pop(0)}.pt")
+                    last_save = time.monotonic()
+                elif time.monotonic() - last_save >= cfg.run.checkpoint_interval_s:
+                    save()
+                    last_save = time.monotonic()
+            save()
+        except ray.exceptions.RayActorError:
+            raise                             # the learner is gone: run() restarts it from the checkpoint
+        except BaseException:
+            try:                              # anything else: keep what was learned, then fail
                 save()
-                last_save = time.monotonic()
-        save()
-        bar.close()
-        logger.close()
-        episodes_file.close()
+            except Exception:  # noqa: BLE001  the failure itself may prevent it; report the first
+                pass
+            raise
+        finally:
+            bar.close()
+            logger.close()
+            episodes_file.close()
         stopped_by = self.stop and (signal.Signals(self.stop).name if isinstance(self.stop, int) else self.stop)
-        return {"frames": frames, "start_frames": state["frames"], "stopped_by": stopped_by,
+        return {"frames": frames, "stopped_by": stopped_by,
                 "final_return": sum(recent) / len(recent) if recent else None,
                 "episodes": len(recent), "logdir": str(self.dir.path),
                 "wall_time_s": wall + time.monotonic() - t0}

@@ -58,8 +58,9 @@ class LearnerService:
         cfg = config_from_dict(cfg) if isinstance(cfg, dict) else cfg
         self.cfg, rc = cfg, cfg.run
         self.holder = ray.remote(WeightsHolder).options(num_cpus=0).remote()
+        # SPREAD: actors over the nodes, so that a lost node takes few of them.
         worker = ray.remote(worker_cls).options(
-            num_cpus=rc.actor_cpus, max_restarts=-1, max_task_retries=0)
+            num_cpus=rc.actor_cpus, max_restarts=-1, max_task_retries=0, scheduling_strategy="SPREAD")
         self.workers = [worker.remote(cfg, i, worker_seed(rc.seed, i, cfg.env.num_envs), rc.actor_cpus, self.holder)
                         for i in range(rc.num_actors)]
         info = ray.get(self.workers[0].info.remote())
@@ -80,6 +81,7 @@ class LearnerService:
         self.batcher = Batcher(cfg.learner.batch_size, rc.max_policy_lag)
         self.in_flight = {}                 # ObjectRef -> worker index
         self.restarts = 0
+        self.lost_rollouts = 0              # rollouts whose objects were lost (a node died holding them)
         self.peak_queued = 0                # the most rollouts fetched and waiting to be batched
         self.batches = queue.Queue(maxsize=1)
         self._events = []                   # (episodes, restart) reports from the loader thread
@@ -118,10 +120,17 @@ class LearnerService:
                     i = self.in_flight.pop(ref)
                     try:
                         rollout = ray.get(ref)
-                    except ray.exceptions.RayActorError as e:
+                    except ray.exceptions.RayTaskError:
+                        raise                       # the rollout code itself failed: a bug, not a loss
+                    except ray.exceptions.RayError as e:
+                        # The actor died (Ray restarts it) or its rollout was lost with a node: drop
+                        # the rollout, count it, ask the actor again.
                         with self._lock:
-                            self.restarts += 1
-                        print(f"[learner] actor {i} failed ({type(e).__name__}); Ray restarts it", flush=True)
+                            if isinstance(e, ray.exceptions.RayActorError):
+                                self.restarts += 1
+                            else:
+                                self.lost_rollouts += 1
+                        print(f"[learner] actor {i}: rollout lost ({type(e).__name__}); asking again", flush=True)
                         self._request(i)
                         continue
                     self._request(i)
@@ -224,6 +233,7 @@ class LearnerService:
             self._events.clear()
             restarts = self.restarts
         report["actors/restarts"] = float(restarts)
+        report["actors/lost_rollouts"] = float(self.lost_rollouts)
         return {"frames": learner.frames, "version": learner.version, "stats": report,
                 "episodes": episodes, "new_restarts": restarts - restarts0}
 

@@ -1,5 +1,6 @@
 """Checkpoints: a resumed learner continues bit-for-bit; bad checkpoints are refused whole; writes
 are atomic."""
+import math
 import os
 import random
 
@@ -163,4 +164,35 @@ def test_checkpoint_holds_the_resolved_config_and_loads_without_pickled_code(sav
     payload = torch.load(saved, weights_only=True)  # plain data and tensors only
     cfg = config_from_dict(payload["config"])
     assert cfg.model.core == "rdn" and cfg.core.d_model == 16
-    assert payload["counters"] == {"frames": 10, "version": 1, "skipped_updates": 0}
+    assert payload["counters"] == {"frames": 10, "version": 1, "skipped_updates": 0,
+                                   "total_frames": cfg.run.total_frames, "lr_anchor": [0, 1.0]}
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_a_resume_with_a_new_budget_continues_the_lr_without_a_jump(tmp_path, schedule):
+    """Trained for 40% of a 1000-frame budget, resumed with 2000: the lr goes on from its value at
+    the resume point and reaches zero at the new budget, along the same schedule shape from there."""
+    frames_per_update = 4 * 3        # T=4, B=3 batches, frame skip 1
+    cfg = tiny_config("lstm", f"learner.lr_schedule={schedule}", "run.total_frames=1200")
+    first = Learner(cfg, VECTOR, NUM_ACTIONS)
+    batches = _batches(first, 1, T=4, B=3) * 40
+    for b in batches[:40]:
+        before = first.step(b)["learner/lr"]
+    at_resume = first.current_lr()
+    first.save(tmp_path / "ck.pt")
+    resumed = Learner(tiny_config("lstm", f"learner.lr_schedule={schedule}", "run.total_frames=2400"), VECTOR,
+                      NUM_ACTIONS)
+    resumed.load(tmp_path / "ck.pt")
+    assert resumed.current_lr() == pytest.approx(at_resume) and at_resume < before
+    lrs = [resumed.step(b)["learner/lr"] for b in batches[:40]]
+    lr0, f0 = 6e-4, 480                                      # the lr factor at the resume point, frames there
+    m = (1 - f0 / 1200) if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * f0 / 1200))
+    q = [(f0 + k * frames_per_update - f0) / (2400 - f0) for k in range(40)]
+    shape = [(1 - x) if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * x)) for x in q]
+    np.testing.assert_allclose(lrs, [lr0 * m * y for y in shape], rtol=1e-9)
+    resumed.frames = 2400
+    assert resumed.current_lr() == 0.0
+    # The same budget resumes exactly where it was (the anchor stays).
+    same = Learner(cfg, VECTOR, NUM_ACTIONS)
+    same.load(tmp_path / "ck.pt")
+    assert same.lr_anchor == (0, 1.0) and same.current_lr() == pytest.approx(at_resume)

@@ -92,14 +92,27 @@ def test_a_queued_rollout_acts_on_weights_published_after_it_was_queued(ray_sess
     """Two actors, each busy with a long rollout when a second one is queued; the learner then
     publishes version 7: the queued rollouts start from version 7, not the version of their call."""
     cfg = load_config("cartpole", ["learner.unroll_length=3000", "env.num_envs=2", "learner.device=cpu"])
-    holder = ray.remote(WeightsHolder).remote()
+
+    class CountingHolder(WeightsHolder):
+        asked = 0
+
+        def latest(self, have=-1):
+            self.asked += 1
+            return super().latest(have)
+
+        def times_asked(self):
+            return self.asked
+    holder = ray.remote(CountingHolder).remote()
     workers = [ray.remote(RolloutWorker).remote(cfg, i, 10 * i, 1, holder) for i in range(2)]
     info = ray.get(workers[0].info.remote())
     learner = Learner(cfg, info["observation_space"], info["num_actions"])
     ray.get(holder.publish.remote(0, [ray.put(flatten(learner.agent.state_dict()).payload(0))]))
     first = [w.rollout.remote() for w in workers]
     queued = [w.rollout.remote() for w in workers]
-    time.sleep(0.2)                                          # the first rollouts are running
+    deadline = time.monotonic() + 60
+    while ray.get(holder.times_asked.remote()) < 2:         # both first rollouts have started
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     with torch.no_grad():
         learner.agent.policy.bias += 1.0
     ray.get(holder.publish.remote(7, [ray.put(flatten(learner.agent.state_dict()).payload(7))]))

@@ -68,6 +68,8 @@ def test_atari_run_logs_every_tag_checkpoints_and_resumes(tmp_path):
     assert summary2["frames"] >= 24000
     steps = [s for s, _ in _scalars(logdir)["loss/total"]]
     assert max(steps) >= 24000 and len([s for s in steps if s > summary["frames"]]) > 0
+    # The run directory says what was in force: the new budget in config.yaml.
+    assert load_config(logdir / "config.yaml").run.total_frames == 24000
 
 
 def _obs_space(cfg):
