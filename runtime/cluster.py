@@ -29,7 +29,14 @@ def start_ray(cfg, address=None):
     # Workers import the project from its root, installed or not.
     runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}}
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        try:
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        except ConnectionError as e:
+            raise ClusterError(
+                f"could not join the Ray cluster at {address} ({e}). Either nothing listens there, or the "
+                "cluster uses token authentication and refused this driver's token: run with "
+                "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN set to the head's token (`ray get-auth-token` on "
+                "the head prints it), or copy the head's ~/.ray/auth_token to this machine") from None
     else:
         # Logical CPUs: at least one per actor plus the learner, even on a 2-core laptop
         # (the actors then share cores; the OS schedules them).

@@ -1,6 +1,14 @@
 """Runs survive what ordinary days bring: the learner's actor dying mid-run, a resume that raises
 the budget, rows a crash left in episodes.csv, evaluation seeds of consecutive runs."""
 import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
 
 import pytest
 import ray
@@ -62,3 +70,37 @@ def test_a_learner_that_keeps_dying_ends_the_run_with_a_clear_error(tmp_path, ra
                                    f"run.logdir={tmp_path}"])
     with pytest.raises(RuntimeError, match=r"the learner died 1 times \(run.max_learner_restarts=0\)"):
         Training(cfg).run(progress=False, on_report=lambda report, service: ray.kill(service, no_restart=True))
+
+
+def test_a_token_authenticated_cluster_takes_the_token_and_refuses_the_wrong_one(tmp_path):
+    """A local head started with token authentication: a driver with its token trains; one with a
+    wrong token is refused with a message that names token authentication, before training."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = uuid.uuid4().hex
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+                             f"--port={port}", "--num-cpus=3", "--include-dashboard=false", "--disable-usage-stats"],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    root = Path(__file__).resolve().parents[1]
+    try:
+        argv = [sys.executable, "-m", "launch", "train", "--config", "cartpole", "--address", f"127.0.0.1:{port}",
+                "--total-frames", "3200", "--no-progress", "--set", "run.log_interval_s=1"]
+        deadline, ok = time.monotonic() + 90, None
+        while time.monotonic() < deadline:      # the head takes a few seconds to listen
+            ok = subprocess.run(argv + ["--logdir", str(tmp_path / "with")], env=env, cwd=root,
+                                capture_output=True, text=True, timeout=180)
+            if ok.returncode == 0 or "could not join" not in ok.stderr:
+                break
+        assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
+        assert "finished at" in ok.stdout
+        wrong = subprocess.run(argv + ["--logdir", str(tmp_path / "without")], cwd=root, capture_output=True,
+                               text=True, timeout=180, env={**env, "RAY_AUTH_TOKEN": "not-the-token"})
+        assert wrong.returncode == 2, wrong.stderr[-2000:]
+        assert "could not join the Ray cluster" in wrong.stderr and "token authentication" in wrong.stderr
+        assert not (tmp_path / "without" / "checkpoint.pt").exists()
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
