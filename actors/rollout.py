@@ -82,7 +82,10 @@ class RolloutWorker:
 
     def _fetch_newest(self):
         import ray
-        latest = ray.get(self.holder.latest.remote(self.version))
+        try:
+            latest = ray.get(self.holder.latest.remote(self.version))
+        except ray.exceptions.RayActorError:   # the holder is restarting: act on the weights we have
+            return
         if latest is not None:
             self.set_weights(ray.get(latest[1][0]))
 

@@ -27,6 +27,7 @@ from collections import defaultdict
 
 import numpy as np
 import ray
+import ray.util.scheduling_strategies
 import torch
 
 from actors.rollout import RolloutWorker
@@ -57,7 +58,12 @@ class LearnerService:
         prebuilt rollouts with RolloutWorker's interface)."""
         cfg = config_from_dict(cfg) if isinstance(cfg, dict) else cfg
         self.cfg, rc = cfg, cfg.run
-        self.holder = ray.remote(WeightsHolder).options(num_cpus=0).remote()
+        # The holder lives on the learner's node (it goes when the learner goes anyway) and comes
+        # back empty if it is lost: workers then keep their weights until the next publication.
+        here = ray.get_runtime_context().get_node_id()
+        self.holder = ray.remote(WeightsHolder).options(
+            num_cpus=0, max_restarts=-1,
+            scheduling_strategy=ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(here, soft=False)).remote()
         # SPREAD: actors over the nodes, so that a lost node takes few of them.
         worker = ray.remote(worker_cls).options(
             num_cpus=rc.actor_cpus, max_restarts=-1, max_task_retries=0, scheduling_strategy="SPREAD")
@@ -120,9 +126,10 @@ class LearnerService:
                     i = self.in_flight.pop(ref)
                     try:
                         rollout = ray.get(ref)
-                    except ray.exceptions.RayTaskError:
-                        raise                       # the rollout code itself failed: a bug, not a loss
                     except ray.exceptions.RayError as e:
+                        if isinstance(e, ray.exceptions.RayTaskError) and \
+                                not isinstance(getattr(e, "cause", None), ray.exceptions.RayError):
+                            raise                   # the rollout code itself failed: a bug, not a loss
                         # The actor died (Ray restarts it) or its rollout was lost with a node: drop
                         # the rollout, count it, ask the actor again.
                         with self._lock:
