@@ -72,32 +72,47 @@ def test_a_learner_that_keeps_dying_ends_the_run_with_a_clear_error(tmp_path, ra
         Training(cfg).run(progress=False, on_report=lambda report, service: ray.kill(service, no_restart=True))
 
 
-def test_a_token_authenticated_cluster_takes_the_token_and_refuses_the_wrong_one(tmp_path):
-    """A local head started with token authentication: a driver with its token trains; one with a
-    wrong token is refused with a message that names token authentication, before training."""
+def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    token = uuid.uuid4().hex
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+        return s.getsockname()[1]
+
+
+def test_a_token_authenticated_cluster_trains_with_the_token_and_refuses_a_wrong_one(tmp_path):
+    """A local head started with token authentication, as the README's cluster section: a driver
+    with the token trains, also submitted as a Ray job with --working-dir; a driver with a wrong
+    token is refused with a message that names token authentication, before training."""
+    port, dashboard, agent = _free_port(), _free_port(), _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex}
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
-                             f"--port={port}", "--num-cpus=3", "--include-dashboard=false", "--disable-usage-stats"],
+                             f"--port={port}", "--num-cpus=3", "--dashboard-host=127.0.0.1",
+                             f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={agent}",
+                             "--disable-usage-stats"],
                             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     root = Path(__file__).resolve().parents[1]
+    train = ["-m", "launch", "train", "--config", "cartpole", "--total-frames", "3200", "--no-progress",
+             "--set", "run.log_interval_s=1"]
     try:
-        argv = [sys.executable, "-m", "launch", "train", "--config", "cartpole", "--address", f"127.0.0.1:{port}",
-                "--total-frames", "3200", "--no-progress", "--set", "run.log_interval_s=1"]
-        deadline, ok = time.monotonic() + 90, None
-        while time.monotonic() < deadline:      # the head takes a few seconds to listen
-            ok = subprocess.run(argv + ["--logdir", str(tmp_path / "with")], env=env, cwd=root,
-                                capture_output=True, text=True, timeout=180)
-            if ok.returncode == 0 or "could not join" not in ok.stderr:
-                break
-        assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
-        assert "finished at" in ok.stdout
-        wrong = subprocess.run(argv + ["--logdir", str(tmp_path / "without")], cwd=root, capture_output=True,
-                               text=True, timeout=180, env={**env, "RAY_AUTH_TOKEN": "not-the-token"})
+        def until_up(argv, cwd, env, busy):
+            deadline = time.monotonic() + 120
+            while True:         # the head (and its job agent) take a few seconds to listen
+                done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=240)
+                if done.returncode == 0 or busy not in done.stdout + done.stderr or time.monotonic() > deadline:
+                    return done
+                time.sleep(3)
+
+        ok = until_up([sys.executable, *train, "--address", f"127.0.0.1:{port}", "--logdir", str(tmp_path / "with")],
+                      root, env, "could not join")
+        assert ok.returncode == 0 and "finished at" in ok.stdout, ok.stdout[-2000:] + ok.stderr[-2000:]
+        job = until_up([sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address",
+                        f"http://127.0.0.1:{dashboard}", "--working-dir", ".", "--", "python", *train,
+                        "--address", "auto", "--logdir", str(tmp_path / "job")], root, env, "No available agent")
+        assert job.returncode == 0 and "finished at" in job.stdout, job.stdout[-2000:] + job.stderr[-2000:]
+        assert checkpoint.read(tmp_path / "job" / "checkpoint.pt")["counters"]["frames"] >= 3200
+        wrong = subprocess.run([sys.executable, *train, "--address", f"127.0.0.1:{port}", "--logdir",
+                                str(tmp_path / "without")], cwd=root, capture_output=True, text=True, timeout=180,
+                               env={**env, "RAY_AUTH_TOKEN": "not-the-token"})
         assert wrong.returncode == 2, wrong.stderr[-2000:]
         assert "could not join the Ray cluster" in wrong.stderr and "token authentication" in wrong.stderr
         assert not (tmp_path / "without" / "checkpoint.pt").exists()
