@@ -12,6 +12,7 @@ before it acted on step kT. With several groups in flight, a group that complete
 straight on into rollout k+1 (its rows wait in `self.rollouts` for the next call), so the groups
 never wait for each other.
 """
+import collections
 import dataclasses
 
 import numpy as np
@@ -32,20 +33,22 @@ def act(agent, obs, reward, first, state, last_action, greedy=False):
     last = np.where(first, 0, last_action)
     action, logits, state = agent.act(torch.from_numpy(obs), torch.from_numpy(reward), torch.from_numpy(first),
                                       state, torch.from_numpy(last), greedy=greedy)
-    return action.numpy(), logits.numpy(), state, last
+    return action.cpu().numpy(), logits.cpu().numpy(), state, last
 
 
 class RolloutWorker:
-    def __init__(self, cfg, worker_index=0, seed=0, num_cpus=1, weights_holder=None):
+    def __init__(self, cfg, worker_index=0, seed=0, num_cpus=1, weights_holder=None, inference=None):
         """cfg: a configs.Config or its dict form (what travels to a Ray actor); num_cpus: the CPUs
         Ray gave this actor, which size ALE's thread pool when env.num_threads is 0;
         weights_holder: the Ray actor (runtime.weights.WeightsHolder) each rollout fetches the
-        newest weights from when it starts."""
+        newest weights from when it starts; inference: an actors.inference.InferenceServer actor
+        to act for this worker (run.inference=central), which then only steps its envs."""
         cfg = config_from_dict(cfg) if isinstance(cfg, dict) else cfg
         torch.set_num_threads(1)      # inference on a few envs: threads would only contend with ALE's
         torch.manual_seed(seed)       # action sampling
         self.index = worker_index
-        self.holder = weights_holder
+        self.holder, self.server = weights_holder, inference
+        self.requests = collections.deque()    # central: (ids, k, t, request) in the order sent
         self.T = cfg.learner.unroll_length
         threads = cfg.env.num_threads or max(1, int(num_cpus))
         self.env = make_env(dataclasses.replace(cfg.env, num_threads=threads), cfg.env.num_envs, seed)
@@ -66,11 +69,14 @@ class RolloutWorker:
         self.episodes = []
         self.next_k = 0
         # Start every env: act on the reset observation, in batches as the env expects them.
+        if self.server is not None:
+            import ray
+            ray.get(self.server.register.remote(self.index, N))
         obs = self.env.reset()
         zeros, ones = np.zeros(N, np.float32), np.ones(N, bool)
         with torch.no_grad():
             for ids in self.env.groups:
-                self._record_act_send(ids, obs[ids], zeros[ids], ones[ids], ones[ids])
+                self._observe(ids, obs[ids], zeros[ids], ones[ids], ones[ids])
 
     def set_weights(self, weights):
         """weights: (version, state_dict), or the (version, layout, buffer) payload of
@@ -102,20 +108,23 @@ class RolloutWorker:
         and the games finished meanwhile as (return, length)."""
         if weights is not None:
             self.set_weights(weights)
-        elif self.holder is not None:
+        elif self.holder is not None and self.server is None:
             self._fetch_newest()          # the newest published weights, not those of when it was queued
         k, T = self.next_k, self.T
         while (self.step <= (k + 1) * T).any():
+            if self.server is not None:   # the oldest request's actions to the env: its group steps next
+                self._answered(*self.requests.popleft())
             ids, obs, reward, first, done = self.env.recv()
             self.episodes.extend((float(r), int(n)) for _, r, n in done)
             ids = np.asarray(ids)
             game_start = np.isin(ids, [k for k, _, _ in done])   # a new game: its frame stack restarted
-            self._record_act_send(ids, obs, reward, first, game_start)
+            self._observe(ids, obs, reward, first, game_start)
         self.next_k += 1
         out = self.rollouts.pop(k)
         # Rows 1..T were acted on with this call's weights (row 0 in the previous call, which the
-        # behaviour logits record for V-trace).
-        out["version"] = self.version
+        # behaviour logits record for V-trace); with central inference, the oldest version that acted.
+        acted = out["step_version"][1:T] if T > 1 else out["step_version"][:1]
+        out["version"] = self.version if self.server is None else int(acted.min())
         out["episodes"], self.episodes = self.episodes, []
         return out
 
@@ -136,24 +145,18 @@ class RolloutWorker:
                 "action": np.zeros((T + 1, N), np.int64),
                 "forced": np.zeros((T + 1, N), bool),      # the env played its own action there
                 "logits": np.zeros((T + 1, N, e.num_actions), np.float32),
+                "step_version": np.zeros((T + 1, N), np.int64),   # the weights version that acted
                 "core_state": tuple(torch.zeros_like(s) for s in self.core_state),
                 "worker": self.index,
             }
         return self.rollouts[k]
 
-    def _record_act_send(self, ids, obs, reward, first, game_start):
-        """Record one env group's output, act on it, and send the group's actions back."""
+    def _observe(self, ids, obs, reward, first, game_start):
+        """Record one env group's output and act on it: here, or by a request to the server."""
         step = self.step[ids]
         assert (step == step[0]).all(), "the envs of a group step together"
         k, t = divmod(int(step[0]), self.T)
-        idx = torch.from_numpy(ids)
-        state = tuple(x[idx] for x in self.core_state)
-        if t == 0:  # rollout k starts from the state before its row 0
-            for dst, src in zip(self._buffer(k)["core_state"], state):
-                dst[idx] = src
-        action, logits, state, last = act(self.agent, obs, reward, first, state, self.last_action[ids])
-        for x, new in zip(self.core_state, state):
-            x[idx] = new
+        last = np.where(first, 0, self.last_action[ids])
         # Step kT+t is row t of rollout k and, on a boundary (t == 0, k > 0), also row T of k-1.
         for rk, rt in [(k, t)] + ([(k - 1, self.T)] if t == 0 and k > 0 else []):
             buf = self._buffer(rk)
@@ -164,9 +167,46 @@ class RolloutWorker:
             else:
                 buf["obs"][rt, ids] = obs
             buf["reward"][rt, ids], buf["first"][rt, ids], buf["last_action"][rt, ids] = reward, first, last
-        action, forced = self.env.send(action, ids)   # what the env played (a forced FIRE, or ours)
+        if self.server is not None:
+            request = self.server.act.remote(self.index, ids, obs[:, -1] if self.compact else obs, reward, first,
+                                             game_start, last, want_state=t == 0)
+            self.requests.append((ids, k, t, request))
+            return
+        idx = torch.from_numpy(ids)
+        state = tuple(x[idx] for x in self.core_state)
+        action, logits, new_state, _ = act(self.agent, obs, reward, first, state, last)
+        for x, new in zip(self.core_state, new_state):
+            x[idx] = new
+        self._send(ids, k, t, action, logits, state, self.version)
+
+    def _answered(self, ids, k, t, request):
+        import ray
+        try:
+            action, logits, version, state = ray.get(request)
+        except ray.exceptions.RayError as e:
+            # The server restarted (its tables are gone) or its answer was lost: register again,
+            # with fresh core states, and play this step with a uniform random action instead.
+            if "not registered" not in str(e) and not isinstance(e, ray.exceptions.RayActorError):
+                raise
+            ray.get(self.server.register.remote(self.index, self.env.num_envs))
+            n, A = len(ids), self.env.num_actions
+            action = np.random.randint(0, A, n)
+            logits = np.zeros((n, A), np.float32)
+            state = tuple(torch.zeros_like(x[:n]) for x in self.core_state)
+            version = self.version
+        self._send(ids, k, t, action, logits, state, version)
+
+    def _send(self, ids, k, t, action, logits, state_before, version):
+        """Record the group's step k·T + t (rollout k starts from the state before its row 0) and
+        send its actions to the env."""
         buf = self._buffer(k)
+        if t == 0:
+            idx = torch.from_numpy(ids)
+            for dst, src in zip(buf["core_state"], state_before):
+                dst[idx] = src
+        action, forced = self.env.send(action, ids)   # what the env played (a forced FIRE, or ours)
         buf["action"][t, ids], buf["logits"][t, ids], buf["forced"][t, ids] = action, logits, forced
+        buf["step_version"][t, ids] = version
         self.last_action[ids] = action
         self.step[ids] += 1
 

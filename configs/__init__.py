@@ -114,6 +114,13 @@ class RunConfig:
                              "updates old; 0: keep all")
     publish_interval: int = _f(1, "updates between two publications of the weights to the actors")
     max_learner_restarts: int = _f(3, "times the driver restarts a dead learner from the last checkpoint")
+    inference: str = _f("actor", "where the policy acts: in each rollout actor, or central (one server batches "
+                        "the requests of all actors' envs; the actors only step envs)", ("actor", "central"))
+    inference_batch: int = _f(512, "central: the most envs one inference batch holds")
+    inference_timeout_ms: float = _f(2.0, "central: how long a batch waits for more requests once it has one")
+    inference_cpus: float = _f(1.0, "central: CPUs Ray reserves for the inference server")
+    inference_gpus: float = _f(0.0, "central: GPUs for the inference server (0: it runs on CPUs; a GPU of its own, "
+                               "or a fraction the cluster has spare)")
     checkpoint_interval_s: float = _f(600.0, "seconds between checkpoints (also at the end and on a signal)")
     save_at_frames: list[int] = _f((), "frame counts at which a copy of the checkpoint is kept as "
                                    "checkpoint_<frames>.pt (e.g. [200e6] for the paper's 50M-step results)")

@@ -16,8 +16,10 @@ class ClusterError(Error):
 
 
 def cpus_needed(cfg):
-    """CPUs a run reserves: every actor's run.actor_cpus plus one for the learner."""
-    return cfg.run.num_actors * cfg.run.actor_cpus + 1
+    """CPUs a run reserves: every actor's run.actor_cpus, one for the learner, and the central
+    inference server's."""
+    central = cfg.run.inference_cpus if cfg.run.inference == "central" else 0
+    return cfg.run.num_actors * cfg.run.actor_cpus + 1 + central
 
 
 def start_ray(cfg, address=None):
@@ -40,8 +42,10 @@ def start_ray(cfg, address=None):
     else:
         # Logical CPUs: at least one per actor plus the learner, even on a 2-core laptop
         # (the actors then share cores; the OS schedules them).
+        # address="local": a new local instance, even when /tmp/ray/ray_current_cluster names
+        # another (a `ray start` on this machine), which ray.init() would otherwise try to join.
         need = int(cpus_needed(cfg) + 0.999)
-        ray.init(num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False,
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False,
                  runtime_env=runtime_env, log_to_driver=True)
     return True
 
@@ -62,6 +66,7 @@ def check_cluster_fits(cfg):
     cpus = ray.cluster_resources().get("CPU", 0)
     need = cpus_needed(cfg)
     if need > cpus:
+        central = " + the inference server's" if cfg.run.inference == "central" else ""
         raise ClusterError(f"the Ray cluster has {cpus:g} CPUs but {cfg.run.num_actors} actors x "
-                           f"{cfg.run.actor_cpus:g} CPUs + 1 for the learner need {need:g}; lower "
+                           f"{cfg.run.actor_cpus:g} CPUs + 1 for the learner{central} need {need:g}; lower "
                            "--num-actors or run.actor_cpus, or add nodes")

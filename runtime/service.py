@@ -64,10 +64,12 @@ class LearnerService:
         self.holder = ray.remote(WeightsHolder).options(
             num_cpus=0, max_restarts=-1,
             scheduling_strategy=ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(here, soft=False)).remote()
+        self.server = self._start_inference(cfg) if rc.inference == "central" else None
         # SPREAD: actors over the nodes, so that a lost node takes few of them.
         worker = ray.remote(worker_cls).options(
             num_cpus=rc.actor_cpus, max_restarts=-1, max_task_retries=0, scheduling_strategy="SPREAD")
-        self.workers = [worker.remote(cfg, i, worker_seed(rc.seed, i, cfg.env.num_envs), rc.actor_cpus, self.holder)
+        self.workers = [worker.remote(cfg, i, worker_seed(rc.seed, i, cfg.env.num_envs), rc.actor_cpus, self.holder,
+                                      **({"inference": self.server} if self.server is not None else {}))
                         for i in range(rc.num_actors)]
         info = ray.get(self.workers[0].info.remote())
         self.num_envs = info["num_envs"]
@@ -104,6 +106,24 @@ class LearnerService:
                          for f in (self._load, self._publish)]
         for t in self._threads:
             t.start()
+
+    def _start_inference(self, cfg):
+        """The central inference server (actors/inference.py), threaded: each actor's requests wait
+        in their own thread while one batching thread serves them all."""
+        import dataclasses
+
+        from actors.envs import make_env
+        from actors.inference import InferenceServer
+        probe = make_env(dataclasses.replace(cfg.env, num_threads=1), cfg.env.env_batches, 0)   # the spaces only
+        space, actions = probe.observation_space, probe.num_actions
+        probe.close()
+        concurrency = cfg.run.num_actors * cfg.env.env_batches + 8
+        return ray.remote(InferenceServer).options(
+            num_cpus=cfg.run.inference_cpus, num_gpus=cfg.run.inference_gpus, max_concurrency=concurrency,
+            max_restarts=-1).remote(cfg, space, actions, self.holder, cfg.run.seed)
+
+    def inference_stats(self):
+        return None if self.server is None else ray.get(self.server.stats.remote())
 
     # -- threads ------------------------------------------------------------------------------------
 
@@ -259,4 +279,6 @@ class LearnerService:
             t.join(timeout=5)
         for w in self.workers:
             ray.kill(w)
+        if self.server is not None:
+            ray.kill(self.server)
         ray.kill(self.holder)

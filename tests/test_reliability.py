@@ -119,3 +119,6 @@ def test_a_token_authenticated_cluster_trains_with_the_token_and_refuses_a_wrong
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)
+        current = Path("/tmp/ray/ray_current_cluster")   # `ray start` named our head there: not any more
+        if current.is_file() and current.read_text().strip().endswith(f":{port}"):
+            current.unlink()

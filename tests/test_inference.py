@@ -1,0 +1,114 @@
+"""Central batched inference (run.inference=central) against acting in the actor: the same
+rollouts for the same weights, the server's errors, and training through it."""
+import time
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+import actors.rollout as rollout_module
+from actors.inference import InferenceServer
+from actors.rollout import RolloutWorker
+from actors.weights import flatten
+from agents import Agent
+from configs import load_config
+from runtime import cluster
+from runtime.weights import WeightsHolder
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    cluster.start_ray(load_config("cartpole", ["run.num_actors=3"]))
+    yield
+    ray.shutdown()
+
+
+class PeakedAgent(Agent):
+    """An agent whose policy picks action 1 with probability ~1 from the start, so that sampled
+    rollouts do not depend on the random stream (the actor's and the server's differ)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        with torch.no_grad():
+            self.policy.bias[:] = 0
+            self.policy.bias[1] = 60.0
+
+
+@pytest.mark.parametrize("env_id, extra", [
+    ("CartPole-v1", []),
+    ("ALE/Breakout-v5", ["model.torso=nature", "env.max_episode_frames=800", "env.num_threads=1"]),
+])
+def test_central_inference_produces_the_actors_rollouts(ray_session, env_id, extra, monkeypatch):
+    """Two env groups, episode ends and (Breakout) game starts that restart the server's frame
+    stacks: rollouts through the server equal those of the same worker acting itself, with the
+    same weights: observations, actions, behaviour logits and the core states they start from."""
+    cfg = load_config("cartpole", [f"env.id={env_id}", "env.num_envs=4", "env.env_batches=2", "learner.unroll_length=25",
+                                   "model.core=rdn", *extra])
+    monkeypatch.setattr(rollout_module, "Agent", PeakedAgent)
+    local = RolloutWorker(cfg, seed=4)        # acts on the reset observations with its initial weights
+    initial = weights = {k: v.clone() for k, v in local.agent.state_dict().items()}
+    holder = ray.remote(WeightsHolder).remote()
+    ray.get(holder.publish.remote(0, [ray.put(flatten(initial).payload(0))]))
+    info = local.info()
+    server = ray.remote(InferenceServer).options(max_concurrency=8).remote(cfg, info["observation_space"],
+                                                                           info["num_actions"], holder)
+    central = RolloutWorker(cfg, seed=4, inference=server)
+    while ray.get(server.stats.remote())["envs"] < 4:   # its first step too, with the same initial weights
+        time.sleep(0.01)
+    ray.get(holder.publish.remote(3, [ray.put(flatten(weights).payload(3))]))
+    ours = [local.rollout((3, weights)) for _ in range(8)]        # 200 steps per env
+    theirs = [central.rollout() for _ in range(8)]
+    keys = ("frames", "stack0", "stack_reset") if "frames" in ours[0] else ("obs",)
+    ends = 0
+    for a, b in zip(ours, theirs):
+        assert b["version"] == 3
+        for key in (*keys, "reward", "first", "action", "last_action"):
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        np.testing.assert_allclose(a["logits"][:-1], b["logits"][:-1], rtol=1e-4, atol=1e-4)
+        for x, y in zip(a["core_state"], b["core_state"]):
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+        ends += a["first"][1:].sum()
+    assert ends > 0
+    stats = ray.get(server.stats.remote())
+    assert stats["batches"] > 0 and stats["mean_batch"] >= 2
+    local.close()
+    central.close()
+    ray.kill(server)
+
+
+def test_a_bad_request_gets_a_clear_error_and_the_others_are_served(ray_session):
+    cfg = load_config("cartpole", ["env.num_envs=2", "env.env_batches=1"])
+    local = RolloutWorker(cfg, seed=0)
+    info = local.info()
+    server = ray.remote(InferenceServer).options(max_concurrency=4).remote(cfg, info["observation_space"],
+                                                                           info["num_actions"])
+    ray.get(server.register.remote(0, 2))
+    ids, z = np.arange(2), np.zeros(2, np.float32)
+    first, last = np.ones(2, bool), np.zeros(2, np.int64)
+    with pytest.raises(ray.exceptions.RayTaskError, match=r"sent observations of shape \(2, 5\), expected \(2, 4\)"):
+        ray.get(server.act.remote(0, ids, np.zeros((2, 5), np.float32), z, first, first, last))
+    with pytest.raises(ray.exceptions.RayTaskError, match="worker 9 is not registered"):
+        ray.get(server.act.remote(9, ids, np.zeros((2, 4), np.float32), z, first, first, last))
+    action, logits, version, state = ray.get(server.act.remote(0, ids, np.zeros((2, 4), np.float32), z, first,
+                                                               first, last, True))
+    assert action.shape == (2,) and logits.shape == (2, 2) and version == -1
+    assert all(torch.count_nonzero(s) == 0 for s in state)   # a fresh state before the first step
+    local.close()
+    ray.kill(server)
+
+
+def test_training_through_central_inference_learns_cartpole_and_survives_a_killed_actor(tmp_path, ray_session):
+    from runtime.driver import Training
+    cfg = load_config("cartpole", ["run.inference=central", "run.total_frames=150000", "run.log_interval_s=2",
+                                   "model.core=lstm", f"run.logdir={tmp_path}"])
+    killed = []
+
+    def kill_one(report, service):
+        if not killed and report["frames"] > 20000:
+            killed.append(report["frames"])
+            ray.get(service.kill_worker.remote(0))
+        return False
+    summary = Training(cfg).run(progress=False, on_report=kill_one)
+    assert killed and summary["frames"] >= 150000
+    assert summary["final_return"] > 60, summary          # random play: ~22
