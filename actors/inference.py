@@ -39,6 +39,7 @@ class InferenceServer:
     def __init__(self, cfg, observation_space, num_actions, weights_holder=None, seed=0):
         cfg = config_from_dict(cfg) if isinstance(cfg, dict) else cfg
         torch.manual_seed(seed)      # the sampled actions
+        torch.set_num_threads(max(1, int(cfg.run.inference_cpus)))   # the CPUs Ray reserved for it
         self.device = torch.device("cuda" if cfg.run.inference_gpus > 0 and torch.cuda.is_available() else "cpu")
         self.agent = Agent(observation_space, num_actions, cfg.model, cfg.core, cfg.learner.reward_clip)
         self.agent.to(self.device).eval()

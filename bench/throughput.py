@@ -10,7 +10,9 @@ the other steps would. The "raw AtariVectorEnv" row is ale-py's own batch mode (
 num_envs/2, whichever envs finish first), which make_env does not use, for comparison.
 
 Part 2, actors with inference: a RolloutWorker (the code inside each Ray actor: envs plus a CPU
-copy of the agent acting on every step; "bf16 torso" rows with run.actor_bf16) producing rollouts,
+copy of the agent acting on every step; "bf16 torso" rows with run.actor_bf16; with `--inference
+central` or `both`, "central" rows: the worker only steps its envs and an InferenceServer actor on
+the same machine acts, with its mean batch and time per batch) producing rollouts,
 next to the env ceiling of the same env layout on the same cores. Part 3, end to end:
 runtime.driver.Training on a preset for a fixed time, the learner's frames/s once warm (Ray,
 actors, object store, learner updates all included).
@@ -150,17 +152,61 @@ def actor_case(torso, core, num_envs, env_batches, threads, bf16=False, unroll=2
                 loop_once, 4, worker.close)
 
 
+def central_case(torso, core, num_envs, env_batches, threads, unroll=20):
+    """Agent steps/s of a RolloutWorker whose policy runs in a central InferenceServer (a Ray
+    actor on the same machine, torch on one thread), and the server's batch statistics."""
+    import ray
+
+    from actors.inference import InferenceServer
+    from actors.rollout import RolloutWorker
+    from configs import load_config
+    cfg = load_config(overrides=["env.id=ALE/Pong-v5", f"env.num_envs={num_envs}", f"env.env_batches={env_batches}",
+                                 f"env.num_threads={threads}", f"model.torso={torso}", f"model.core={core}",
+                                 f"learner.unroll_length={unroll}", "run.inference=central"])
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    probe = RolloutWorker(cfg, seed=0, num_cpus=threads)
+    space, actions = probe.env.observation_space, probe.env.num_actions
+    probe.close()
+    # num_cpus=0: all servers of the interleaved rows exist at once; only the timed one is busy.
+    server = ray.remote(InferenceServer).options(num_cpus=0, max_concurrency=env_batches + 4).remote(
+        cfg, space, actions)
+    worker = RolloutWorker(cfg, seed=0, num_cpus=threads, inference=server)
+
+    def loop_once():
+        worker.rollout()
+        return unroll * num_envs
+
+    def close():
+        stats = ray.get(server.stats.remote())
+        central_stats[what] = stats
+        worker.close()
+        ray.kill(server)
+    what = f"central {torso}+{core}" + ("" if env_batches == 1 else f", {env_batches} groups")
+    return Case({"what": what, "env": "ALE/Pong-v5", "envs": num_envs, "threads": threads}, loop_once, 4, close)
+
+
+central_stats = {}
+
+
 def actor_part(args):
     threads, n = args.threads, args.num_envs[0]
     cases = [env_ceiling("ALE/Pong-v5", n, 1, threads), env_ceiling("ALE/Pong-v5", n, 2, threads)]
     for torso in ("nature", "impala_resnet"):
         for core in ("lstm", "rdn"):
-            for batches, bf16 in ((1, False), (2, False), (2, True)):
-                cases.append(actor_case(torso, core, n, batches, threads, bf16))
+            if args.inference in ("actor", "both"):
+                for batches, bf16 in ((1, False), (2, False), (2, True)):
+                    cases.append(actor_case(torso, core, n, batches, threads, bf16))
+            if args.inference in ("central", "both"):
+                cases.append(central_case(torso, core, n, 2, threads))
     rows = measure(cases, args.seconds * 2, args.repeats)
     ceiling = max(r["steps/s"] for r in rows[:2])
     for r in rows:
         r["of ceiling"] = f"{r['steps/s'] / ceiling:.0%}"
+        stats = central_stats.get(r["what"])
+        if central_stats:           # the server's columns, blank on the rows without one
+            r["batch (envs)"] = f"{stats['mean_batch']:.1f}" if stats else ""
+            r["ms per batch"] = f"{1e3 * stats['seconds_per_batch']:.2f}" if stats else ""
     print_table(f"Actors with inference (one RolloutWorker, torch 1 thread, {threads} ALE threads, "
                 f"{os.cpu_count()} cores) against the env ceiling; best of {args.repeats} windows", rows)
 
@@ -203,6 +249,8 @@ def main():
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="ALE threads (default: the CPUs this process may use)")
     parser.add_argument("--preset", default="atari_cpu", help="config preset of the train part")
+    parser.add_argument("--inference", default="actor", choices=("actor", "central", "both"),
+                        help="actor part: the actor rows, the central-inference rows, or both")
     parser.add_argument("--train-seconds", type=float, default=60.0, help="seconds per train run")
     args = parser.parse_args()
     for part in args.parts:

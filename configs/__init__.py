@@ -257,7 +257,16 @@ def load_config(path=None, overrides=()):
 
 
 def config_to_dict(cfg):
-    return dataclasses.asdict(cfg)
+    """Plain dicts, lists and scalars (tuples become lists), as YAML and TensorBoard hold them."""
+    return _plain(dataclasses.asdict(cfg))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def config_from_dict(mapping, source="config"):
