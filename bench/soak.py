@@ -2,6 +2,7 @@
 
     python bench/soak.py                                     # 60 minutes of atari_cpu on Breakout
     python bench/soak.py --minutes 60 --config atari_cpu --env ALE/Pong-v5 --set model.core=lstm
+    python bench/soak.py --minutes 80 --env ALE/Pong-v5 --set run.total_frames=5e6   # ends at 5M frames
 
 Every minute it samples the resident memory (RSS) of the driver and of every Ray process on this
 machine (the learner, the actors, raylet, GCS, workers), the object store's use (Ray's memory
@@ -65,7 +66,10 @@ def main():
     p.add_argument("--logdir", help="run directory (default: a temporary one)")
     args = p.parse_args()
     tmp = None if args.logdir else tempfile.TemporaryDirectory()
-    overrides = [*args.set, "run.total_frames=100000000000", f"run.logdir={args.logdir or tmp.name + '/run'}"]
+    # No budget of its own unless one is set: then it stops at whichever of the two comes first, and
+    # the lr schedule is the preset's over that budget (a soak that is also a learning run).
+    budget = [] if any(s.startswith("run.total_frames=") for s in args.set) else ["run.total_frames=100000000000"]
+    overrides = [*args.set, *budget, f"run.logdir={args.logdir or tmp.name + '/run'}"]
     if args.env:
         overrides.append(f"env.id={args.env}")
     cfg = load_config(args.config, overrides)
