@@ -6,7 +6,9 @@ game, cores and seeds, then one table of final scores.
     python bench/ablation.py bench/ablation_breakout.yaml --report          # only the table
 
 The spec is YAML: `config` (a preset), `env`, `total_frames`, `seeds` (runs use seeds 0..N-1),
-`cores`, and `rows`, a list of {name, set: [section.key=value, ...]} applied on top of the preset.
+`cores`, and `rows`, a list of {name, set: [section.key=value, ...]} applied on top of the preset;
+an optional `base` list of values goes between the preset and every row (it pins a recipe, so the
+rows mean the same after the preset changes).
 Each row is an ordinary comparison directory, OUTDIR/<row>/<env>/<core>/seed<k> (resumable: a
 second call finishes what is missing; `tensorboard --logdir OUTDIR` overlays every run).
 
@@ -57,7 +59,7 @@ def train_row(spec, row, cores, seeds, outdir, address=None):
             "--envs", spec["env"], "--cores", *cores, "--seeds", str(seeds),
             "--total-frames", str(int(float(spec["total_frames"]))), "--outdir", str(row_dir(outdir, row["name"])),
             "--eval-episodes", "0", "--no-progress"]
-    for item in row.get("set") or []:
+    for item in [*(spec.get("base") or []), *(row.get("set") or [])]:
         argv += ["--set", item]
     if address:
         argv += ["--address", address]
@@ -89,7 +91,8 @@ def _health(run_dir, cfg):
 
 
 def table(spec, outdir, cores, seeds):
-    lines = [f"{spec['env']}, preset {spec['config']}, {float(spec['total_frames']):.3g} frames, "
+    base = f" with base {', '.join(spec['base'])}" if spec.get("base") else ""
+    lines = [f"{spec['env']}, preset {spec['config']}{base}, {float(spec['total_frames']):.3g} frames, "
              f"score = mean of the last 100 games (per seed, then mean)", "",
              "| row | core | score | per seed | frames/s | entropy | clip | dead fc | changes |",
              "|---|---|---:|---|---:|---:|---:|---:|---|"]

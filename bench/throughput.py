@@ -213,28 +213,35 @@ def actor_part(args):
 
 def train_part(args):
     """runtime.driver.Training on a preset for --train-seconds; frames/s of the reports after the
-    first third."""
+    first third. With --vs, each core also trains with the preset plus those values, alternately,
+    so the two rows of a core see the same load and their ratio holds."""
     import tempfile
 
     from configs import load_config
     from runtime.driver import Training
+    variants = [("preset", [])] + ([("with --vs", args.vs)] if args.vs else [])
     rows = []
     for core in ("lstm", "rdn"):
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg = load_config(args.preset, [f"model.core={core}", "run.total_frames=1000000000",
-                                            "run.log_interval_s=5", f"run.logdir={tmp}/run"])
-            rates, start = [], time.monotonic()
+        for name, extra in variants:
+            with tempfile.TemporaryDirectory() as tmp:
+                cfg = load_config(args.preset, [*extra, f"model.core={core}", "run.total_frames=1000000000",
+                                                "run.log_interval_s=5", f"run.logdir={tmp}/run"])
+                rates, start = [], time.monotonic()
 
-            def on_report(report, service):
-                if time.monotonic() - start > args.train_seconds / 3:
-                    rates.append(report["stats"]["perf/env_frames_per_s"])
-                return time.monotonic() - start > args.train_seconds
-            Training(cfg).run(progress=False, on_report=on_report)
-        rows.append({"what": f"train {args.preset}", "env": cfg.env.id, "core": core,
-                     "actors x envs": f"{cfg.run.num_actors} x {cfg.env.num_envs}",
-                     "frames/s": float(np.median(rates)) if rates else float("nan")})
+                def on_report(report, service):
+                    if time.monotonic() - start > args.train_seconds / 3:
+                        rates.append(report["stats"]["perf/env_frames_per_s"])
+                    return time.monotonic() - start > args.train_seconds
+                Training(cfg).run(progress=False, on_report=on_report)
+            rows.append({"what": f"train {args.preset}" + ("" if not extra else " --vs"), "env": cfg.env.id,
+                         "core": core, "actors x envs": f"{cfg.run.num_actors} x {cfg.env.num_envs}",
+                         "frames/s": float(np.median(rates)) if rates else float("nan")})
+        if args.vs:
+            rows[-1]["preset / --vs"] = f"{rows[-2]['frames/s'] / rows[-1]['frames/s']:.2f}"
+            rows[-2]["preset / --vs"] = ""
     print_table(f"End to end ({os.cpu_count()} cores): median of the learner's frames/s reports "
-                f"after warm-up, {args.train_seconds:g} s per run", rows)
+                f"after warm-up, {args.train_seconds:g} s per run"
+                + (f"; --vs = {' '.join(args.vs)}" if args.vs else ""), rows)
 
 
 PARTS = {"env": env_part, "actor": actor_part, "train": train_part}
@@ -252,6 +259,8 @@ def main():
     parser.add_argument("--inference", default="actor", choices=("actor", "central", "both"),
                         help="actor part: the actor rows, the central-inference rows, or both")
     parser.add_argument("--train-seconds", type=float, default=60.0, help="seconds per train run")
+    parser.add_argument("--vs", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="train part: also run each core with the preset plus these values, side by side")
     args = parser.parse_args()
     for part in args.parts:
         PARTS[part](args)
