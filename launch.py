@@ -1,5 +1,5 @@
 """The command line: parse, resolve the config, call. The work lives in runtime/ (training:
-runtime.driver.Training), experiments/ (eval, compare, report) and bench/ (benchmarks).
+runtime.driver.Training), experiments/ (eval, compare, report, tune) and bench/ (benchmarks).
 
     python launch.py train --config configs/atari_cpu.yaml
     python launch.py train --env popgym-RepeatPreviousEasy-v0 --core rdn --total-frames 2e6
@@ -10,6 +10,9 @@ runtime.driver.Training), experiments/ (eval, compare, report) and bench/ (bench
     python launch.py compare --config popgym_repeat_previous --envs popgym-RepeatPreviousEasy-v0 \
         --cores lstm rdn --seeds 3 --outdir runs/cmp                # then runs/cmp/summary.md
     python launch.py compare --summarize runs/cmp                   # rebuild table and plots
+    python launch.py tune --config popgym_repeat_first --env popgym-RepeatFirstEasy-v0 \
+        --core lstm --core rdn --samples 8 --budget 6e5 --outdir runs/tune   # Ray Tune (ASHA) per core
+    python launch.py compare --tuned runs/tune --seeds 3 --outdir runs/cmp_tuned
     python launch.py bench throughput --parts actor train            # tables of bench/RESULTS.md
 
 Bad input (unknown env id, core, config key, a value of the wrong type, a log directory that
@@ -109,9 +112,43 @@ def cmd_eval(args):
     return 0
 
 
+def cmd_tune(args):
+    from experiments import tune
+    if not args.core:
+        raise UsageError("tune needs at least one --core")
+    tune.tune_cores(args.config, args.env, args.core, args.samples, args.budget, args.outdir,
+                    space_path=args.space, overrides=args.set or [], scheduler=args.scheduler,
+                    address=args.address, seed=args.search_seed)
+    print(f"written: {Path(args.outdir) / 'trials.md'}, " + ", ".join(
+        str(p) for p in sorted(Path(args.outdir).glob("*/best.yaml"))))
+    return 0
+
+
 def cmd_compare(args):
     from experiments import compare, report
     from runtime.driver import check_config
+    if args.tuned:
+        from configs import load_config
+        from experiments import tune
+        if args.config or args.summarize:
+            raise UsageError("--tuned takes each core's config from DIR/<core>/best.yaml; drop --config/--summarize")
+        args.config = {core: str(path) for core, path in tune.tuned_configs(args.tuned).items()}
+        args.cores = args.cores or list(args.config)
+        unknown = [c for c in args.cores if c not in args.config]
+        if unknown:
+            raise UsageError(f"{args.tuned} has no best.yaml for {', '.join(unknown)}; it has {', '.join(args.config)}")
+        args.envs = args.envs or sorted({load_config(args.config[c]).env.id for c in args.cores})
+        used = tune.trial_seeds(args.tuned) & set(range(args.seeds))
+        if used:
+            raise UsageError(f"seeds {sorted(used)} trained trials of the search in {args.tuned}; "
+                             "a tuned comparison needs seeds the search never saw")
+        if args.outdir:      # the summary lists each core's tuned values
+            import yaml
+
+            from learner.checkpoint import atomic_write
+            Path(args.outdir).mkdir(parents=True, exist_ok=True)
+            atomic_write(Path(args.outdir) / "tuned.yaml", yaml.safe_dump(
+                {"search": str(Path(args.tuned).resolve()), "keys": tune.tuned_keys(args.tuned)}))
     if args.summarize:
         if args.envs or args.cores:
             raise UsageError("--summarize rebuilds the outputs from the runs already in DIR; "
@@ -205,8 +242,27 @@ def build_parser():
     c.add_argument("--parallel", type=_count, default=1,
                    help="runs side by side on the --address cluster (default 1: one after the other)")
     c.add_argument("--summarize", metavar="DIR", help="only rebuild the outputs from the runs in DIR")
+    c.add_argument("--tuned", metavar="DIR", help="each core starts from DIR/<core>/best.yaml of `launch.py tune` "
+                                                  "(default --cores: those tuned, --envs: the tuned env)")
     c.add_argument("--no-progress", action="store_true", help="log lines instead of progress bars")
     c.set_defaults(func=cmd_compare)
+
+    u = sub.add_parser("tune", help="search each core's hyperparameters with Ray Tune (ASHA); "
+                                    "DIR/<core>/best.yaml, DIR/trials.md; re-run to resume")
+    u.add_argument("--config", help="YAML preset the trials start from")
+    u.add_argument("--env", required=True, help="env id (as for train --env)")
+    u.add_argument("--core", action="append", metavar="NAME", help="a core to tune (repeatable)")
+    u.add_argument("--samples", type=_count, default=8, help="trials per core (default 8)")
+    u.add_argument("--budget", type=_count, required=True, help="frames per trial (e.g. 6e5)")
+    u.add_argument("--space", metavar="YAML", help="search space (default: lr, the optimiser's eps and the "
+                                                   "entropy cost, log-uniform); see experiments/tune.py")
+    u.add_argument("--scheduler", choices=("asha", "fifo"), default="asha",
+                   help="asha: stop the worse half at 1/4, 1/2 of the budget (default); fifo: run all to the end")
+    u.add_argument("--search-seed", type=_count, default=0, help="seed of the drawn values (default 0)")
+    u.add_argument("--outdir", required=True, help="directory of the search: DIR/<core>/trials/<trial>")
+    u.add_argument("--set", action="append", metavar="KEY=VALUE", help="config value for every trial (repeatable)")
+    u.add_argument("--address", help="Ray cluster to run on (default: start Ray here)")
+    u.set_defaults(func=cmd_tune)
 
     g = sub.add_parser("config", help="list every config key: its value in a preset, its default, its meaning")
     g.add_argument("--show", metavar="PRESET", help="a preset of configs/ (by name or path); default: the defaults")

@@ -59,7 +59,8 @@ class Run:
 
 def plan(outdir, envs, cores, seeds, total_frames, config=None, overrides=()):
     """The runs of the grid, each with its resolved Config (preset, then --set, then the grid's own
-    env, core, seed, frame budget and directory)."""
+    env, core, seed, frame budget and directory). `config` is one preset, or {core: preset} (a
+    tuned comparison: each core its own)."""
     runs = []
     for env in envs:
         for core in cores:
@@ -68,7 +69,8 @@ def plan(outdir, envs, cores, seeds, total_frames, config=None, overrides=()):
                 grid = [("env.id", env), ("model.core", core), ("run.seed", seed), ("run.logdir", str(d))]
                 if total_frames is not None:
                     grid.append(("run.total_frames", total_frames))
-                runs.append(Run(env, core, seed, d, load_config(config, [*overrides, *grid])))
+                preset = config[core] if isinstance(config, dict) else config
+                runs.append(Run(env, core, seed, d, load_config(preset, [*overrides, *grid])))
     return runs
 
 

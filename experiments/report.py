@@ -258,11 +258,43 @@ def summary_markdown(rows, outdir):
             agg = aggregate_ci(matrix)
             lines.append(f"| {core} | {len(games)} | {seeds} | {_ci(*agg['median'])} | {_ci(*agg['iqm'])} |")
         lines.append("")
+    lines += settings_markdown(rows, outdir)
     partial = [r for r in rows if not r["complete"]]
     if partial:
         lines += ["Incomplete runs (left out above): " + ", ".join(
             f"{r['run_dir']} ({r['frames']:,}/{r['total_frames']:,} frames)" for r in partial), ""]
     return "\n".join(lines)
+
+
+# Keys that differ between runs of one comparison by design, not as settings.
+PER_RUN_KEYS = {"model.core", "run.seed", "run.logdir", "env.id"}
+
+
+def settings_markdown(rows, outdir):
+    """The config values that differ between the cores of an env, and those a `compare --tuned`
+    tuned (DIR/tuned.yaml), per core, from the runs' config.yaml; nothing when all cores share them."""
+    tuned = Path(outdir) / "tuned.yaml"
+    always = set((yaml.safe_load(tuned.read_text()) or {}).get("keys", [])) if tuned.is_file() else set()
+    lines = []
+    for env in sorted({r["env"] for r in rows}):
+        by_core = {}
+        for r in rows:
+            if r["env"] == env and r["core"] not in by_core:
+                cfg = yaml.safe_load((Path(outdir) / r["run_dir"] / "config.yaml").read_text())
+                by_core[r["core"]] = {f"{s}.{k}": v for s, fields in cfg.items() for k, v in fields.items()}
+        keys = sorted(k for k in set().union(*by_core.values()) - PER_RUN_KEYS
+                      if k in always or len({repr(c.get(k)) for c in by_core.values()}) > 1)
+        if not keys:
+            continue
+        title = "Each core's tuned and differing settings" if always else "Settings that differ between the cores"
+        lines += [f"## {title}: {env}", "",
+                  "| core | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        for core in sorted(by_core, key=_core_order):
+            values = [by_core[core].get(k) for k in keys]
+            lines.append(f"| {core} | " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v)
+                                                    for v in values) + " |")
+        lines.append("")
+    return lines
 
 
 def write_outputs(outdir):

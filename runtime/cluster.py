@@ -22,9 +22,10 @@ def cpus_needed(cfg):
     return cfg.run.num_actors * cfg.run.actor_cpus + 1 + central
 
 
-def start_ray(cfg, address=None):
-    """Join the cluster at `address`, or start Ray here with room for every actor. Returns whether
-    this call started (so should stop) the Ray session; False if one was already up."""
+def start_ray(cfg, address=None, extra_cpus=0):
+    """Join the cluster at `address`, or start Ray here with room for every actor (and `extra_cpus`
+    more). Returns whether this call started (so should stop) the Ray session; False if one was
+    already up."""
     import ray
     if ray.is_initialized():
         return False
@@ -44,7 +45,7 @@ def start_ray(cfg, address=None):
         # (the actors then share cores; the OS schedules them).
         # address="local": a new local instance, even when /tmp/ray/ray_current_cluster names
         # another (a `ray start` on this machine), which ray.init() would otherwise try to join.
-        need = int(cpus_needed(cfg) + 0.999)
+        need = int(cpus_needed(cfg) + extra_cpus + 0.999)
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False,
                  runtime_env=runtime_env, log_to_driver=True)
     return True
@@ -57,7 +58,9 @@ def learner_resources(cfg):
     if cfg.learner.device == "cuda" and gpus < 1:
         raise ClusterError("learner.device=cuda but the Ray cluster has no GPU; use learner.device=auto or cpu")
     want_gpu = cfg.learner.device == "cuda" or (cfg.learner.device == "auto" and gpus >= 1)
-    return {"num_gpus": 1 if want_gpu else 0, "num_cpus": 1}
+    # "DEFAULT": the cluster's own scheduling even inside a Ray Tune trial, whose placement group
+    # would otherwise capture it (a trial's actors follow the ordinary resource rules).
+    return {"num_gpus": 1 if want_gpu else 0, "num_cpus": 1, "scheduling_strategy": "DEFAULT"}
 
 
 def check_cluster_fits(cfg):

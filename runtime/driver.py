@@ -19,6 +19,7 @@ gives up on the clean exit. `check_config` refuses a config that cannot train be
 import csv
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from datetime import datetime
@@ -59,8 +60,10 @@ def check_config(cfg):
               ("learner.epochs", lc.epochs >= 1),
               ("learner.minibatches", lc.minibatches >= 1),
               ("learner.ppo_clip", lc.ppo_clip > 0),
+              ("learner.lr", lc.lr > 0),
               ("run.publish_interval", cfg.run.publish_interval >= 1)]
-    for key in ("run.learner_queue_size", "run.max_policy_lag"):
+    for key in ("run.learner_queue_size", "run.max_policy_lag", "learner.entropy_cost", "learner.baseline_cost",
+                "learner.grad_clip"):
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 0:
             raise ConfigError(f"{key} must be >= 0, got {getattr(getattr(cfg, section), name)}")
@@ -155,8 +158,9 @@ class Training:
     def run(self, progress=True, on_report=None):
         """Train until run.total_frames or a stop signal; returns a summary dict (frames,
         start_frames, stopped_by, final_return, episodes, logdir, wall_time_s, learner_restarts).
-        `on_report(report, service)` is called after each interval (tests and benchmarks use it to
-        watch or interfere with a live run); returning True stops the run as a signal would.
+        `on_report(report, service)` is called after each interval (tests, benchmarks and tune's trials
+        use it to watch or interfere with a live run; report["mean_return"] is the mean of the last 100
+        episodes, or None); returning True stops the run as a signal would.
 
         If the learner's Ray actor dies (OOM, a GPU error, its node lost), a new one continues
         from the last checkpoint, up to run.max_learner_restarts times (learner/restarts)."""
@@ -171,8 +175,9 @@ class Training:
         try:
             if self.address:
                 cluster.check_cluster_fits(self.cfg)
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                previous[sig] = signal.signal(sig, self._on_signal)
+            if threading.current_thread() is threading.main_thread():   # not in a Ray Tune trial
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    previous[sig] = signal.signal(sig, self._on_signal)
             while True:
                 service = self._start_service(payload)
                 try:
@@ -265,6 +270,7 @@ class Training:
                     episodes_file.flush()
                 logger.scalars(stats, frames)
                 self._show(bar, progress, frames, stats, recent)
+                report["mean_return"] = sum(recent) / len(recent) if recent else None   # the last 100 episodes
                 if on_report is not None and on_report(report, service):
                     self.stop = "on_report"
                 if milestones and frames >= milestones[0]:

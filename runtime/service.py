@@ -120,7 +120,7 @@ class LearnerService:
         concurrency = cfg.run.num_actors * cfg.env.env_batches + 8
         return ray.remote(InferenceServer).options(
             num_cpus=cfg.run.inference_cpus, num_gpus=cfg.run.inference_gpus, max_concurrency=concurrency,
-            max_restarts=-1).remote(cfg, space, actions, self.holder, cfg.run.seed)
+            max_restarts=-1, scheduling_strategy="DEFAULT").remote(cfg, space, actions, self.holder, cfg.run.seed)
 
     def inference_stats(self):
         return None if self.server is None else ray.get(self.server.stats.remote())

@@ -1,0 +1,131 @@
+"""launch.py tune and compare --tuned: the search space is checked before Ray starts, ASHA stops
+the worse trial of a hand-made metric stream, a tiny real search writes presets, and the tuned
+comparison trains on those values with seeds the search never used."""
+import pytest
+import ray
+import yaml
+
+import launch
+from configs import load_config
+from experiments import tune
+
+
+@pytest.mark.parametrize("space, named", [
+    ({"learner.learning_rate": {"loguniform": [1e-4, 1e-3]}}, "learner.learning_rate"),
+    ({"learner.lr": {"loguniform": [-1e-4, 1e-3]}}, "loguniform bounds must be positive"),
+    ({"learner.entropy_cost": {"uniform": [-0.5, 0.1]}}, "learner.entropy_cost: the value -0.5 is refused"),
+    ({"learner.lr": {"choice": ["fast", "slow"]}}, "learner.lr: the value 'fast' is refused"),
+    ({"learner.lr": {"uniform": [1e-3, 1e-4]}}, "learner.lr: uniform needs low < high"),
+    ({"learner.lr": {"normal": [0, 1]}}, "learner.lr needs exactly one of loguniform"),
+    ({"learner.optimizer": {"grid": ["adam", "sgd"]}}, "learner.optimizer: the value 'sgd' is refused"),
+])
+def test_a_bad_search_space_is_refused_before_ray_starts(tmp_path, capsys, space, named):
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    ray_was_up = ray.is_initialized()
+    rc = launch.main(["tune", "--config", "cartpole", "--env", "CartPole-v1", "--core", "lstm", "--budget", "1000",
+                      "--space", str(path), "--outdir", str(tmp_path / "out")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert named in err and str(path) in err, err
+    assert ray.is_initialized() == ray_was_up and not (tmp_path / "out").exists()
+
+
+def test_the_default_space_follows_the_optimiser():
+    adam = tune.load_space(None, load_config("atari_cpu"))
+    rmsprop = tune.load_space(None, load_config("atari_paper"))
+    assert set(adam) == {"learner.lr", "learner.adam_eps", "learner.entropy_cost"}
+    assert set(rmsprop) == {"learner.lr", "learner.rmsprop_eps", "learner.entropy_cost"}
+    assert all(kind == "loguniform" for kind, _ in adam.values())
+
+
+def _stream(config):
+    """A trial whose score is its `quality` at every one of 8 reports over 8,000 frames."""
+    from ray import tune as ray_tune
+    for k in range(1, 9):
+        ray_tune.report({"score": config["quality"], "frames": 1000 * k})
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_asha_stops_the_worse_trial_at_its_first_rung(tmp_path, local_ray):
+    # One trial at a time, the good one first: at the rung of 2,000 frames (a quarter of 8,000)
+    # the bad one is below the good one's result there and ASHA stops it.
+    trials = tune.search("fake", [], {"quality": ("grid", [1.0, 0.0])}, tmp_path, samples=1, budget=8000,
+                         trainable=_stream, max_concurrent=1)
+    by_quality = {t["params"]["quality"]: t for t in trials}
+    assert by_quality[1.0]["status"] == "done" and by_quality[1.0]["frames"] == 8000
+    assert by_quality[0.0]["status"] == "stopped" and by_quality[0.0]["frames"] == 2000
+    assert tune.best_trial(trials) is by_quality[1.0]
+
+
+def test_fifo_runs_every_trial_to_the_end(tmp_path, local_ray):
+    trials = tune.search("fake", [], {"quality": ("grid", [1.0, 0.0])}, tmp_path, samples=1, budget=8000,
+                         scheduler="fifo", trainable=_stream, max_concurrent=1)
+    assert sorted((t["status"], t["frames"]) for t in trials) == [("done", 8000), ("done", 8000)]
+
+
+def test_a_failing_trial_is_reported_not_fatal(tmp_path, local_ray):
+    def sometimes(config):
+        if config["quality"] < 0.5:
+            raise ValueError("this trial breaks")
+        _stream(config)
+    trials = tune.search("fake", [], {"quality": ("grid", [1.0, 0.0])}, tmp_path, samples=1, budget=8000,
+                         trainable=sometimes, max_concurrent=1)
+    by_quality = {t["params"]["quality"]: t for t in trials}
+    assert by_quality[0.0]["status"] == "error" and "this trial breaks" in by_quality[0.0]["error"]
+    assert tune.best_trial(trials) is by_quality[1.0]
+    tune.write_trials(tmp_path, {"fake": trials})
+    assert "this trial breaks" in (tmp_path / "trials.md").read_text()
+
+
+def test_a_tiny_search_writes_presets_and_compare_tuned_uses_them(tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"learner.lr": {"loguniform": [1e-4, 1e-2]},
+                                     "learner.entropy_cost": {"uniform": [0.0, 0.02]}}))
+    out = tmp_path / "search"
+    assert launch.main(["tune", "--config", "cartpole", "--env", "CartPole-v1", "--core", "lstm", "--core", "rdn",
+                        "--samples", "2", "--budget", "3200", "--space", str(space), "--outdir", str(out),
+                        "--scheduler", "fifo", "--set", "run.log_interval_s=0.5", "--set", "run.num_actors=1"]) == 0
+    capsys.readouterr()
+    search = yaml.safe_load((out / "search.yaml").read_text())
+    assert set(search["cores"]) == {"lstm", "rdn"}
+    for core in ("lstm", "rdn"):
+        trial_dirs = sorted((out / core / "trials").iterdir())
+        assert len(trial_dirs) == 2
+        seeds = {yaml.safe_load((d / "config.yaml").read_text())["run"]["seed"] for d in trial_dirs}
+        assert seeds == {tune.SEARCH_SEED, tune.SEARCH_SEED + 1}
+        best = search["cores"][core]["best"]
+        # The best trial is the one with the highest score in its own run directory's episodes.
+        cfg = load_config(out / core / "best.yaml")     # a preset the other commands accept
+        assert cfg.model.core == core and cfg.env.id == "CartPole-v1" and cfg.run.seed == 0
+        assert cfg.learner.lr == pytest.approx(best["values"]["learner.lr"])
+        assert cfg.learner.entropy_cost == pytest.approx(best["values"]["learner.entropy_cost"])
+        assert 1e-4 <= cfg.learner.lr <= 1e-2 and cfg.run.num_actors == 1
+    table = (out / "trials.md").read_text()
+    assert table.count("| lstm |") == 2 and table.count("| rdn |") == 2
+
+    cmp_dir = tmp_path / "cmp"
+    assert launch.main(["compare", "--tuned", str(out), "--seeds", "1", "--total-frames", "1600",
+                        "--outdir", str(cmp_dir), "--eval-episodes", "0", "--no-progress"]) == 0
+    for core in ("lstm", "rdn"):
+        ran = yaml.safe_load((cmp_dir / "CartPole-v1" / core / "seed0" / "config.yaml").read_text())
+        assert ran["learner"]["lr"] == pytest.approx(search["cores"][core]["best"]["values"]["learner.lr"])
+        assert ran["run"]["seed"] == 0 and ran["run"]["seed"] not in seeds
+    summary = (cmp_dir / "summary.md").read_text()
+    assert "tuned and differing settings" in summary and "learner.entropy_cost" in summary
+
+
+def test_compare_tuned_refuses_seeds_the_search_used(tmp_path, capsys):
+    trial = tmp_path / "search" / "lstm" / "trials" / "t_00000"
+    trial.mkdir(parents=True)
+    (trial / "config.yaml").write_text(yaml.safe_dump({"run": {"seed": 2}}))
+    (tmp_path / "search" / "lstm" / "best.yaml").write_text(yaml.safe_dump({"env": {"id": "CartPole-v1"}}))
+    assert launch.main(["compare", "--tuned", str(tmp_path / "search"), "--seeds", "3",
+                        "--outdir", str(tmp_path / "cmp")]) == 2
+    assert "seeds [2] trained trials of the search" in capsys.readouterr().err
