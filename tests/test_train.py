@@ -100,12 +100,13 @@ def test_a_killed_actor_is_restarted_and_the_run_finishes(tmp_path):
 
 @pytest.mark.parametrize("core", ["lstm", "rdn"])
 def test_cartpole_is_learned(tmp_path, core):
-    """Random play scores ~22 (measured with this preset: lstm 500, rdn 500 at 400k frames, seeds 1-2;
-    without PopArt lstm 51); a broken V-trace, loss, PopArt or core stays far below 150."""
-    cfg = load_config("cartpole", [f"model.core={core}", "run.total_frames=400000",
+    """Random play scores ~22. Measured with this preset, seed 1: lstm 198, rdn 500 at 200k frames
+    (at 400k: 500 and 500, seeds 1-2; without PopArt lstm 51 at 400k); a broken V-trace, loss, PopArt
+    or core stays far below 100."""
+    cfg = load_config("cartpole", [f"model.core={core}", "run.total_frames=200000",
                                    f"run.logdir={tmp_path / core}", "run.seed=1", "run.save_at_frames=[100000]"])
     summary = Training(cfg).run(progress=False)
-    assert summary["final_return"] is not None and summary["final_return"] > 150, summary
+    assert summary["final_return"] is not None and summary["final_return"] > 100, summary
     # The copy kept at 100k frames: the first update at or past them (a batch is 16 x 20 frames).
     kept = checkpoint.read(tmp_path / core / "checkpoint_100000.pt")["counters"]["frames"]
     assert 100000 <= kept < 100000 + 320
