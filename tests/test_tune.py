@@ -129,3 +129,18 @@ def test_compare_tuned_refuses_seeds_the_search_used(tmp_path, capsys):
     assert launch.main(["compare", "--tuned", str(tmp_path / "search"), "--seeds", "3",
                         "--outdir", str(tmp_path / "cmp")]) == 2
     assert "seeds [2] trained trials of the search" in capsys.readouterr().err
+
+
+def test_the_same_search_again_resumes_instead_of_starting_over(tmp_path, local_ray):
+    calls = tmp_path / "calls"
+    calls.mkdir()
+
+    def counted(config):
+        (calls / f"{config['quality']}_{len(list(calls.iterdir()))}").touch()
+        _stream(config)
+    args = ("fake", [], {"quality": ("grid", [1.0, 0.0])}, tmp_path / "search")
+    first = tune.search(*args, samples=1, budget=8000, trainable=counted, max_concurrent=1)
+    again = tune.search(*args, samples=1, budget=8000, trainable=counted, max_concurrent=1)
+    assert len(list(calls.iterdir())) == 2           # the finished search trained nothing more
+    assert sorted((t["trial"], t["status"], t["frames"]) for t in again) == \
+        sorted((t["trial"], t["status"], t["frames"]) for t in first)
