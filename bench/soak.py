@@ -29,20 +29,24 @@ MIB = 2 ** 20
 
 
 def ray_processes():
-    """{name: rss bytes} of the driver and the Ray processes on this machine (same name: summed)."""
+    """{name: rss bytes} of the driver and its Ray session's processes (same name: summed). The Ray
+    that this driver started (GCS, raylet, dashboard) is its child and forks every worker, so the
+    driver's descendants are the session, and other Ray sessions on the machine stay out."""
     out = {}
-    for p in psutil.process_iter(["name", "cmdline", "memory_info"]):
+    me = psutil.Process()
+    for p in [me, *me.children(recursive=True)]:
         try:
-            cmd = " ".join(p.info["cmdline"] or [])
-            if p.pid == psutil.Process().pid:
+            info = p.as_dict(["name", "cmdline", "memory_info"])
+            cmd = " ".join(info["cmdline"] or [])
+            if p.pid == me.pid:
                 name = "driver"
-            elif "ray::" in cmd or "ray::" in (p.info["name"] or ""):
-                name = (p.info["name"] or cmd).split()[0].replace("ray::", "").split(".")[0]   # the class
+            elif "ray::" in cmd or "ray::" in (info["name"] or ""):
+                name = (info["name"] or cmd).split()[0].replace("ray::", "").split(".")[0]   # the class
             elif any(k in cmd for k in ("raylet", "gcs_server", "default_worker.py", "dashboard")):
                 name = next(k for k in ("raylet", "gcs_server", "default_worker.py", "dashboard") if k in cmd)
             else:
-                continue
-            out[name] = out.get(name, 0) + p.info["memory_info"].rss
+                name = info["name"] or "other"
+            out[name] = out.get(name, 0) + info["memory_info"].rss
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return out
@@ -64,6 +68,7 @@ def main():
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--interval-s", type=float, default=60.0, help="seconds between samples")
     p.add_argument("--logdir", help="run directory (default: a temporary one)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --logdir from its checkpoint")
     args = p.parse_args()
     tmp = None if args.logdir else tempfile.TemporaryDirectory()
     # No budget of its own unless one is set: then it stops at whichever of the two comes first, and
@@ -98,7 +103,7 @@ def main():
     sampler = threading.Thread(target=sample_loop, daemon=True)
     sampler.start()
     try:
-        Training(cfg).run(progress=False, on_report=on_report)
+        Training(cfg, resume=args.resume).run(progress=False, on_report=on_report)
     finally:
         done.set()
     n = len(samples)
