@@ -74,8 +74,7 @@ class Agent(nn.Module):
     @torch.no_grad()
     def update_obs_norm(self, obs):
         """Fold observations [..., *obs_shape] (as the env gives them) into the running statistics."""
-        x = obs.reshape(-1, *self.obs_shape).float()
-        self.obs_norm.update(x * (1.0 / 255.0) if self.obs_is_uint8 else x)
+        self.obs_norm.update(obs.reshape(-1, *self.obs_shape), 1.0 / 255.0 if self.obs_is_uint8 else 1.0)
 
     def initial_state(self, batch_size, device=None):
         return self.core.initial_state(batch_size, device)
@@ -109,10 +108,11 @@ class Agent(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         bf16 = self.bf16_torso_on_cpu and self.channels_last and x.device.type == "cpu"
         x = x.to(torch.bfloat16 if bf16 else dtype)
-        if self.obs_is_uint8:
-            x = x * (1.0 / 255.0)
+        scale = 1.0 / 255.0 if self.obs_is_uint8 else 1.0
         if self.obs_norm is not None:
-            x = self.obs_norm(x)
+            x = self.obs_norm(x, scale)          # the 1/255 folded into the normalisation
+        elif self.obs_is_uint8:
+            x = x * scale
         with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
             x = F.relu(self.fc(F.relu(self.torso(x))))
         x = (x.to(dtype) if bf16 else x).view(T, B, -1)

@@ -19,18 +19,24 @@ class ObservationNorm(nn.Module):
         self.register_buffer("var", torch.ones(shape))
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
 
-    def forward(self, x):
-        """x [N, *shape] (float) -> normalised and clipped, in x's dtype."""
+    def forward(self, x, scale=1.0):
+        """x [N, *shape] (float, in units of `scale`: frames as bytes with scale 1/255) -> x * scale
+        normalised and clipped, in x's dtype: one fused multiply-add (scale folded into it)."""
         inv_std = torch.rsqrt(self.var + self.eps)
-        return ((x - self.mean.to(x.dtype)) * inv_std.to(x.dtype)).clamp(-self.clip, self.clip)
+        mul, add = inv_std * scale, -self.mean * inv_std
+        return torch.addcmul(add.to(x.dtype), x, mul.to(x.dtype)).clamp_(-self.clip, self.clip)
 
     @torch.no_grad()
-    def update(self, x):
-        """Merge the mean and (population) variance of the observations x [N, *shape] into the
-        running ones (Chan et al.'s parallel update: exact, whatever the batch sizes)."""
-        x = x.float()
+    def update(self, x, scale=1.0):
+        """Merge the mean and (population) variance of the observations x * scale [N, *shape] into
+        the running ones (Chan et al.'s parallel update: exact, whatever the batch sizes). One pass
+        of sums over x as given (e.g. the uint8 frames) instead of scaled float copies: the learner
+        does this on every batch."""
         n = x.shape[0]
-        batch_mean, batch_var = x.mean(0), x.var(0, unbiased=False)
+        flat = x.reshape(n, -1).float()
+        batch_mean = flat.sum(0) * (scale / n)
+        batch_var = ((flat * flat).sum(0) * (scale * scale / n) - batch_mean ** 2).clamp_min_(0)
+        batch_mean, batch_var = batch_mean.view_as(self.mean), batch_var.view_as(self.var)
         total = self.count + n
         w = float(n / total)
         delta = batch_mean - self.mean

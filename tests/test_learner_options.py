@@ -211,6 +211,15 @@ def test_observation_norm_keeps_exact_running_statistics_and_travels_with_the_we
     expected = np.clip((x.numpy() - everything.mean(0)) / np.sqrt(everything.var(0) + 1e-5), -5, 5)
     np.testing.assert_allclose(norm(x).numpy(), expected, rtol=1e-4, atol=1e-5)
     assert (norm(x).abs() == 5).any()    # some of these are beyond the clip
+    # Frames as bytes with the 1/255 folded in: the same statistics and outputs as scaled floats.
+    raw = torch.from_numpy(rng.integers(0, 256, (50, 3, 2), dtype=np.uint8))
+    as_bytes, as_floats = ObservationNorm((3, 2)), ObservationNorm((3, 2))
+    as_bytes.update(raw, 1 / 255)
+    as_floats.update(raw.double().div(255).float())
+    np.testing.assert_allclose(as_bytes.mean.numpy(), raw.double().numpy().mean(0) / 255, rtol=1e-5)
+    np.testing.assert_allclose(as_bytes.var.numpy(), (raw.double().numpy() / 255).var(0), rtol=1e-4)
+    np.testing.assert_allclose(as_bytes(raw.float(), 1 / 255).numpy(), as_floats(raw.float() / 255).numpy(),
+                               rtol=1e-4, atol=1e-5)
 
     # In the learner: updated from each batch's frames (scaled by 1/255) before the forward pass,
     # and part of the published weights.
@@ -220,6 +229,7 @@ def test_observation_norm_keeps_exact_running_statistics_and_travels_with_the_we
     learner.step(batch)
     frames = batch["obs"].reshape(-1, 4, 36, 36).double().numpy() / 255
     np.testing.assert_allclose(learner.agent.obs_norm.mean.numpy(), frames.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(learner.agent.obs_norm.var.numpy(), frames.var(0), rtol=1e-3, atol=1e-6)
     _, weights = learner.weights()
     assert torch.equal(weights["obs_norm.mean"], learner.agent.obs_norm.mean)
 
