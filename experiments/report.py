@@ -279,9 +279,12 @@ def settings_markdown(rows, outdir):
     for env in sorted({r["env"] for r in rows}):
         by_core = {}
         for r in rows:
-            if r["env"] == env and r["core"] not in by_core:
-                cfg = yaml.safe_load((Path(outdir) / r["run_dir"] / "config.yaml").read_text())
+            saved = Path(outdir) / r["run_dir"] / "config.yaml"
+            if r["env"] == env and r["core"] not in by_core and saved.is_file():
+                cfg = yaml.safe_load(saved.read_text())
                 by_core[r["core"]] = {f"{s}.{k}": v for s, fields in cfg.items() for k, v in fields.items()}
+        if not by_core:
+            continue
         keys = sorted(k for k in set().union(*by_core.values()) - PER_RUN_KEYS
                       if k in always or len({repr(c.get(k)) for c in by_core.values()}) > 1)
         if not keys:
