@@ -123,7 +123,8 @@ class RolloutWorker:
         out = self.rollouts.pop(k)
         # Rows 1..T were acted on with this call's weights (row 0 in the previous call, which the
         # behaviour logits record for V-trace); with central inference, the oldest version that acted.
-        acted = out["step_version"][1:T] if T > 1 else out["step_version"][:1]
+        step_version = out.pop("step_version")   # the worker's bookkeeping: it does not travel
+        acted = step_version[1:T] if T > 1 else step_version[:1]
         out["version"] = self.version if self.server is None else int(acted.min())
         out["episodes"], self.episodes = self.episodes, []
         return out

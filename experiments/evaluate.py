@@ -33,15 +33,15 @@ from learner.checkpoint import CheckpointError
 EVAL_SEED = 1_000_000_007   # env seeds from here on; far from the training envs' seeds of small runs
 EVAL_SEED_STRIDE = 100_000  # env seeds per run: an evaluation seeds env k with seed + k, k < this
 PROTOCOLS = ("games", "paper")
+NO_NEGATIVE_GAMES = ("battle_zone", "up_n_down")   # the paper's noneg evaluation script
+VIDEO_SCALE = 4             # 84x84 frames become 336x336 (a multiple of 16, as H.264 wants)
+TB_VIDEO_FRAMES = 600       # TensorBoard gets the first 600 frames (40 s at 15 fps) as a GIF
 
 
 def eval_seed(run_seed):
     """The evaluation seed of a comparison's run `run_seed`: ranges of EVAL_SEED_STRIDE env seeds,
     so that runs of consecutive seeds never play the same env seeds."""
     return EVAL_SEED + run_seed * EVAL_SEED_STRIDE
-NO_NEGATIVE_GAMES = ("battle_zone", "up_n_down")   # the paper's noneg evaluation script
-VIDEO_SCALE = 4             # 84x84 frames become 336x336 (a multiple of 16, as H.264 wants)
-TB_VIDEO_FRAMES = 600       # TensorBoard gets the first 600 frames (40 s at 15 fps) as a GIF
 
 
 def checkpoint_path(path):

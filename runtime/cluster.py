@@ -43,7 +43,7 @@ def start_ray(cfg, address=None, extra_cpus=0):
     else:
         # Logical CPUs: at least one per actor plus the learner, even on a 2-core laptop
         # (the actors then share cores; the OS schedules them).
-        # address="local": a new local instance, even when /tmp/ray/ray_current_cluster names
+        # address="local": a new local instance, even when Ray's ray_current_cluster file names
         # another (a `ray start` on this machine), which ray.init() would otherwise try to join.
         need = int(cpus_needed(cfg) + extra_cpus + 0.999)
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False,

@@ -13,7 +13,6 @@ from actors.rollout import RolloutWorker
 from actors.weights import flatten, unflatten
 from configs import load_config
 from learner import Learner
-from runtime import cluster
 from runtime.batcher import Batcher, host_buffers
 from runtime.weights import WeightsHolder
 
@@ -79,13 +78,6 @@ def test_holder_keeps_the_newest_version_only():
     h.publish(2, ["ref2"])
     h.publish(1, ["ref1"])           # an older one arriving late changes nothing
     assert h.latest(-1) == (2, ["ref2"]) and h.latest(2) is None
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    cluster.start_ray(load_config("cartpole", ["run.num_actors=3"]))
-    yield
-    ray.shutdown()
 
 
 def test_a_queued_rollout_acts_on_weights_published_after_it_was_queued(ray_session):

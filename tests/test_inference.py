@@ -13,15 +13,7 @@ from actors.rollout import RolloutWorker
 from actors.weights import flatten
 from agents import Agent
 from configs import load_config
-from runtime import cluster
 from runtime.weights import WeightsHolder
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    cluster.start_ray(load_config("cartpole", ["run.num_actors=3"]))
-    yield
-    ray.shutdown()
 
 
 class PeakedAgent(Agent):

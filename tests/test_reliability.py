@@ -13,6 +13,11 @@ from pathlib import Path
 import pytest
 import ray
 
+try:                      # where `ray start` records the head's address (its module moved in Ray 2.4x)
+    from ray._common.utils import get_ray_address_file
+except ImportError:
+    from ray._private.utils import get_ray_address_file
+
 from configs import load_config
 from experiments.evaluate import EVAL_SEED_STRIDE, eval_seed
 from learner import checkpoint
@@ -119,6 +124,6 @@ def test_a_token_authenticated_cluster_trains_with_the_token_and_refuses_a_wrong
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)
-        current = Path("/tmp/ray/ray_current_cluster")   # `ray start` named our head there: not any more
+        current = Path(get_ray_address_file(None))   # `ray start` named our head there: not any more
         if current.is_file() and current.read_text().strip().endswith(f":{port}"):
             current.unlink()

@@ -1,6 +1,8 @@
 """launch.py tune and compare --tuned: the search space is checked before Ray starts, ASHA stops
 the worse trial of a hand-made metric stream, a tiny real search writes presets, and the tuned
 comparison trains on those values with seeds the search never used."""
+import csv
+
 import pytest
 import ray
 import yaml
@@ -46,14 +48,7 @@ def _stream(config):
         ray_tune.report({"score": config["quality"], "frames": 1000 * k})
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-def test_asha_stops_the_worse_trial_at_its_first_rung(tmp_path, local_ray):
+def test_asha_stops_the_worse_trial_at_its_first_rung(tmp_path, ray_session):
     # One trial at a time, the good one first: at the rung of 2,000 frames (a quarter of 8,000)
     # the bad one is below the good one's result there and ASHA stops it.
     trials = tune.search("fake", [], {"quality": ("grid", [1.0, 0.0])}, tmp_path, samples=1, budget=8000,
@@ -64,13 +59,13 @@ def test_asha_stops_the_worse_trial_at_its_first_rung(tmp_path, local_ray):
     assert tune.best_trial(trials) is by_quality[1.0]
 
 
-def test_fifo_runs_every_trial_to_the_end(tmp_path, local_ray):
+def test_fifo_runs_every_trial_to_the_end(tmp_path, ray_session):
     trials = tune.search("fake", [], {"quality": ("grid", [1.0, 0.0])}, tmp_path, samples=1, budget=8000,
                          scheduler="fifo", trainable=_stream, max_concurrent=1)
     assert sorted((t["status"], t["frames"]) for t in trials) == [("done", 8000), ("done", 8000)]
 
 
-def test_a_failing_trial_is_reported_not_fatal(tmp_path, local_ray):
+def test_a_failing_trial_is_reported_not_fatal(tmp_path, ray_session):
     def sometimes(config):
         if config["quality"] < 0.5:
             raise ValueError("this trial breaks")
@@ -101,7 +96,14 @@ def test_a_tiny_search_writes_presets_and_compare_tuned_uses_them(tmp_path, caps
         seeds = {yaml.safe_load((d / "config.yaml").read_text())["run"]["seed"] for d in trial_dirs}
         assert seeds == {tune.SEARCH_SEED, tune.SEARCH_SEED + 1}
         best = search["cores"][core]["best"]
-        # The best trial is the one with the highest score in its own run directory's episodes.
+        # The best trial is the one whose own episodes.csv (last 100 games) scores highest.
+        scores = {}
+        for d in trial_dirs:
+            with open(d / "episodes.csv") as f:
+                returns = [float(row["return"]) for row in csv.DictReader(f)][-100:]
+            scores[d.name] = sum(returns) / len(returns)
+        assert best["trial"] == max(scores, key=scores.get)
+        assert best["score"] == pytest.approx(scores[best["trial"]], rel=1e-6)
         cfg = load_config(out / core / "best.yaml")     # a preset the other commands accept
         assert cfg.model.core == core and cfg.env.id == "CartPole-v1" and cfg.run.seed == 0
         assert cfg.learner.lr == pytest.approx(best["values"]["learner.lr"])
@@ -131,7 +133,7 @@ def test_compare_tuned_refuses_seeds_the_search_used(tmp_path, capsys):
     assert "seeds [2] trained trials of the search" in capsys.readouterr().err
 
 
-def test_the_same_search_again_resumes_instead_of_starting_over(tmp_path, local_ray):
+def test_the_same_search_again_resumes_instead_of_starting_over(tmp_path, ray_session):
     calls = tmp_path / "calls"
     calls.mkdir()
 
