@@ -226,21 +226,23 @@ def train_part(args):
             with tempfile.TemporaryDirectory() as tmp:
                 cfg = load_config(args.preset, [*extra, f"model.core={core}", "run.total_frames=1000000000",
                                                 "run.log_interval_s=5", f"run.logdir={tmp}/run"])
-                rates, start = [], time.monotonic()
+                rates, lags, start = [], [], time.monotonic()
 
                 def on_report(report, service):
                     if time.monotonic() - start > args.train_seconds / 3:
                         rates.append(report["stats"]["perf/env_frames_per_s"])
+                        lags.append(report["stats"].get("learner/policy_lag", float("nan")))
                     return time.monotonic() - start > args.train_seconds
                 Training(cfg).run(progress=False, on_report=on_report)
             rows.append({"what": f"train {args.preset}" + ("" if not extra else " --vs"), "env": cfg.env.id,
                          "core": core, "actors x envs": f"{cfg.run.num_actors} x {cfg.env.num_envs}",
-                         "frames/s": float(np.median(rates)) if rates else float("nan")})
+                         "frames/s": float(np.median(rates)) if rates else float("nan"),
+                         "policy lag": float(np.median(lags)) if lags else float("nan")})
         if args.vs:
             rows[-1]["preset / --vs"] = f"{rows[-2]['frames/s'] / rows[-1]['frames/s']:.2f}"
             rows[-2]["preset / --vs"] = ""
-    print_table(f"End to end ({os.cpu_count()} cores): median of the learner's frames/s reports "
-                f"after warm-up, {args.train_seconds:g} s per run"
+    print_table(f"End to end ({os.cpu_count()} cores): median of the learner's frames/s and "
+                f"policy-lag reports after warm-up, {args.train_seconds:g} s per run"
                 + (f"; --vs = {' '.join(args.vs)}" if args.vs else ""), rows)
 
 

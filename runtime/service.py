@@ -14,11 +14,18 @@ The data path, per update (threads, so that each overlaps the others):
   every run.publish_interval) into one numpy buffer in the object store and hands its reference to
   the WeightsHolder, from which every rollout fetches the newest version when it starts.
 
-Back-pressure: each actor has at most run.max_rollouts_in_flight rollout calls pending, and the
-loader fetches no more than run.learner_queue_size rollouts ahead of the update, so memory stays
-flat however long the run. A dead actor is restarted by Ray (max_restarts=-1); its failed calls
-are counted in actors/restarts and resubmitted.
+Back-pressure: each actor has at most run.max_rollouts_in_flight rollout calls pending, the
+loader fetches no more than run.learner_queue_size rollouts ahead of the update, and a call is
+issued only while the sequences asked for and not yet handed to an update (in flight, fetched,
+batched) stay within one rollout per actor plus one batch. Memory stays flat however long the run,
+and the data stays fresh when the learner is the bottleneck: a rollout starts (and fetches the
+newest weights) only when the learner will reach it soon, so learner/policy_lag stays within
+(total envs / batch size) + 1 updates, whatever max_rollouts_in_flight is; actors that outrun the
+learner wait instead of acting on weights that are old by the time they are trained on. A dead
+actor is restarted by Ray (max_restarts=-1); its failed calls are counted in actors/restarts and
+resubmitted.
 """
+import collections
 import math
 import queue
 import threading
@@ -88,6 +95,10 @@ class LearnerService:
         self._publish_now()                 # version 0 (or the checkpoint's) before any rollout asks
         self.batcher = Batcher(cfg.learner.batch_size, rc.max_policy_lag)
         self.in_flight = {}                 # ObjectRef -> worker index
+        self._wanting = collections.deque()  # worker indices owed a call, first come first served
+        self._ahead = 0                     # sequences asked for and not yet handed to an update
+        self._ahead_cap = rc.num_actors * self.num_envs + cfg.learner.batch_size
+        self._dropped_seen = 0
         self.restarts = 0
         self.lost_rollouts = 0              # rollouts whose objects were lost (a node died holding them)
         self.peak_queued = 0                # the most rollouts fetched and waiting to be batched
@@ -99,9 +110,10 @@ class LearnerService:
         self._to_publish, self._publish_ready = None, threading.Event()
         self.device = self.learner.device
         self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        for i in range(len(self.workers)):
-            for _ in range(rc.max_rollouts_in_flight):
-                self._request(i)
+        for _ in range(rc.max_rollouts_in_flight):    # every actor's first call before any second
+            for i in range(len(self.workers)):
+                self._want(i)
+        self._issue()
         self._threads = [threading.Thread(target=self._guard, args=(f,), daemon=True, name=f.__name__)
                          for f in (self._load, self._publish)]
         for t in self._threads:
@@ -133,14 +145,31 @@ class LearnerService:
         except BaseException as e:  # noqa: BLE001  re-raised by run() in the caller's thread
             self._failure = e
 
-    def _request(self, i):
-        self.in_flight[self.workers[i].rollout.remote()] = i
+    def _want(self, i):
+        self._wanting.append(i)
+
+    def _issue(self):
+        """Give the actors owed a call theirs, while the sequences ahead of the update stay within
+        one rollout per actor plus one batch (so that no rollout starts long before it is used)."""
+        with self._lock:
+            n = 0
+            while n < len(self._wanting) and self._ahead + self.num_envs <= self._ahead_cap:
+                self._ahead += self.num_envs
+                n += 1
+        for _ in range(n):
+            i = self._wanting.popleft()
+            self.in_flight[self.workers[i].rollout.remote()] = i
+
+    def _forget(self, sequences):
+        with self._lock:
+            self._ahead -= sequences
 
     def _load(self):
         """Fetch finished rollouts (at most queue_size ahead), batch them into rotating buffers."""
         buffers, events, turn = None, [None] * BUFFERS, 0
         while not self._stop.is_set():
-            if self.batcher.rollouts() < self.queue_size:
+            self._issue()
+            if self.batcher.rollouts() < self.queue_size and self.in_flight:
                 ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=0.05)
                 for ref in ready:
                     i = self.in_flight.pop(ref)
@@ -158,13 +187,16 @@ class LearnerService:
                             else:
                                 self.lost_rollouts += 1
                         print(f"[learner] actor {i}: rollout lost ({type(e).__name__}); asking again", flush=True)
-                        self._request(i)
+                        self._forget(self.num_envs)
+                        self._want(i)
                         continue
-                    self._request(i)
+                    self._want(i)
                     with self._lock:
                         self._events.append(rollout.pop("episodes"))
                     self.batcher.add(rollout)
                     self.peak_queued = max(self.peak_queued, self.batcher.rollouts())
+            elif not self.in_flight:
+                time.sleep(0.005)       # every call the cap allows is back: wait for the update
             if self.batcher.sequences() < self.cfg.learner.batch_size:
                 if self.batcher.rollouts() >= self.queue_size:
                     time.sleep(0.005)   # stale drops only: wait for the update to move on
@@ -176,6 +208,9 @@ class LearnerService:
             if events[turn] is not None:
                 events[turn].synchronize()          # its last copy to the GPU is done: free to refill
             taken = self.batcher.take(self.learner.version, out=buffers[turn])
+            if self.batcher.dropped != self._dropped_seen:     # stale sequences leave the count too
+                self._forget(self.batcher.dropped - self._dropped_seen)
+                self._dropped_seen = self.batcher.dropped
             if taken is None:
                 continue
             batch, versions = taken
@@ -234,6 +269,7 @@ class LearnerService:
                 waited += time.monotonic() - t0
                 continue
             waited += time.monotonic() - t0
+            self._forget(self.cfg.learner.batch_size)   # room for the next call (the loader issues it)
             if event is not None:          # the side stream's copy, before the update reads it
                 stream = torch.cuda.current_stream(self.device)
                 stream.wait_event(event)
