@@ -240,10 +240,15 @@ class Learner:
                                       f"{theirs.get(key)!r} in the checkpoint, {value!r} here")
         self._check_model_state(payload["model"], path)
         optimizer = self._make_optimizer()  # a fresh one: a failed load cannot touch ours
+        in_force = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         try:
             optimizer.load_state_dict(payload["optimizer"])
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"checkpoint {path}: optimiser state does not fit this model: {e}") from None
+        # load_state_dict also brings back the checkpoint's eps, betas, alpha, momentum: the config's
+        # values are the ones in force (a resume with --set, or a PBT trial with its new values).
+        for group, values in zip(optimizer.param_groups, in_force):
+            group.update(values)
         self._check_optimizer_state(payload["optimizer"], path)
         counters = payload["counters"]
         if not all(isinstance(counters.get(k), int) for k in ("frames", "version", "skipped_updates")):

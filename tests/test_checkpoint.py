@@ -58,6 +58,30 @@ def test_resume_gives_the_same_updates_bit_for_bit(tmp_path, core):
         assert all(torch.equal(torch.as_tensor(x[k]), torch.as_tensor(y[k])) for k in x)
 
 
+@pytest.mark.parametrize("optimizer,keys", [("adam", {"learner.adam_eps": ("eps", 1e-3, 1e-7),
+                                                        "learner.adam_beta2": ("betas", 0.99, 0.9)}),
+                                              ("rmsprop", {"learner.rmsprop_eps": ("eps", 0.01, 1e-6),
+                                                           "learner.rmsprop_alpha": ("alpha", 0.99, 0.9)})])
+def test_a_resume_trains_with_the_configs_optimiser_values_not_the_checkpoints(tmp_path, optimizer, keys):
+    """torch's load_state_dict brings the saved eps/betas/alpha back; a resume with other values
+    (--set, or a PBT trial with its new values) must train with the new ones, on the saved moments."""
+    old = [f"{k}={v[1]}" for k, v in keys.items()]
+    new = [f"{k}={v[2]}" for k, v in keys.items()]
+    saved = Learner(tiny_config("lstm", f"learner.optimizer={optimizer}", *old), VECTOR, NUM_ACTIONS)
+    for b in _batches(saved, 2):
+        saved.step(b)
+    saved.save(tmp_path / "checkpoint.pt")
+    resumed = Learner(tiny_config("lstm", f"learner.optimizer={optimizer}", *new), VECTOR, NUM_ACTIONS)
+    resumed.load(tmp_path / "checkpoint.pt")
+    for (key, (name, before, after)) in keys.items():
+        for group in resumed.optimizer.param_groups:
+            value = group[name][1] if name == "betas" else group[name]
+            assert value == after != before, key
+    moments = "exp_avg_sq" if optimizer == "adam" else "square_avg"
+    for x, y in zip(saved.optimizer.state_dict()["state"].values(), resumed.optimizer.state_dict()["state"].values()):
+        assert torch.equal(x[moments], y[moments])       # the moments are the checkpoint's
+
+
 def test_resume_matches_a_run_that_never_stopped(tmp_path):
     """Same as above, but against a learner that was never saved or loaded at all."""
     cfg = tiny_config("delta_net", "run.total_frames=300")
