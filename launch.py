@@ -256,8 +256,9 @@ def build_parser():
     u.add_argument("--budget", type=_count, required=True, help="frames per trial (e.g. 6e5)")
     u.add_argument("--space", metavar="YAML", help="search space (default: lr, the optimiser's eps and the "
                                                    "entropy cost, log-uniform); see experiments/tune.py")
-    u.add_argument("--scheduler", choices=("asha", "fifo"), default="asha",
-                   help="asha: stop the worse half at 1/4, 1/2 of the budget (default); fifo: run all to the end")
+    u.add_argument("--scheduler", choices=("asha", "fifo", "pbt"), default="asha",
+                   help="asha: stop the worse half at 1/4, 1/2 of the budget (default); fifo: run all to the end; "
+                        "pbt: population-based training, the worst quarter continues from the best every 1/4")
     u.add_argument("--search-seed", type=_count, default=0, help="seed of the drawn values (default 0)")
     u.add_argument("--outdir", required=True, help="directory of the search: DIR/<core>/trials/<trial>")
     u.add_argument("--set", action="append", metavar="KEY=VALUE", help="config value for every trial (repeatable)")

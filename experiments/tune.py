@@ -8,7 +8,13 @@ best settings, found the same way with the same budget.
 Per core, `--samples` trials draw values from the search space (YAML, below; default: the lr, the
 optimiser's epsilon and the entropy cost, each log-uniform) and train `--budget` frames each; ASHA
 (asynchronous successive halving) stops the worse half of the trials at each rung (a quarter, half
-of the budget, ...), `--scheduler fifo` runs every trial to the end. The metric is a trial's mean
+of the budget, ...), `--scheduler fifo` runs every trial to the end, and `--scheduler pbt` runs
+population-based training: every quarter of the budget each trial saves a checkpoint, and a trial
+in the worst quarter of the population continues from a best-quarter trial's checkpoint with that
+trial's values perturbed (x0.8 or x1.2) or, one time in four, drawn afresh (its run directory's
+lineage.csv says from which trial and at which frame count; best.yaml then holds the best trial's
+values at the end, the last point of the schedule PBT found; a local Ray gets logical CPUs for the
+whole population, which must run side by side). The metric is a trial's mean
 return of its last 100 episodes, the same number `train` and `compare` report.
 
 Each trial is an ordinary run directory, DIR/<core>/trials/<trial id> (`tensorboard --logdir DIR`
@@ -32,6 +38,8 @@ Every key, type and bound is checked against the config before Ray starts.
 import csv
 import math
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -115,11 +123,24 @@ def to_tune(space):
     return {key: make[kind](values) for key, (kind, values) in space.items()}
 
 
-def make_scheduler(name, budget):
-    """ASHA over frames (rungs at budget/4, budget/2, budget; the better half goes on), or FIFO."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+SCHEDULERS = ("asha", "fifo", "pbt")
+PBT_SEGMENTS = 4             # PBT: a checkpoint (and a chance to exploit) every quarter of the budget
+
+
+def pbt_interval(budget):
+    return max(1, int(budget) // PBT_SEGMENTS)
+
+
+def make_scheduler(name, budget, space=None):
+    """ASHA over frames (rungs at budget/4, budget/2, budget; the better half goes on), FIFO, or
+    population-based training (exploit and explore every budget/4 frames, over `space`)."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
     if name == "fifo":
         return FIFOScheduler()
+    if name == "pbt":
+        return PopulationBasedTraining(time_attr="frames", perturbation_interval=pbt_interval(budget),
+                                       hyperparam_mutations=to_tune(space), quantile_fraction=0.25,
+                                       resample_probability=0.25)
     return ASHAScheduler(time_attr="frames", max_t=int(budget), grace_period=max(1, int(budget) // 4),
                          reduction_factor=2)
 
@@ -128,9 +149,10 @@ def trial_index(trial_id):
     return int(trial_id.rsplit("_", 1)[-1])
 
 
-def run_trial(params, base, core_dir, budget, log_interval_s):
+def run_trial(params, base, core_dir, budget, log_interval_s, pbt=False):
     """One trial (inside Ray Tune): an ordinary Training run in core_dir/trials/<trial id>,
-    reporting its score and frames at every log interval."""
+    reporting its score and frames at every log interval (with `pbt`: at the end of each segment,
+    with its checkpoint, see run_pbt_trial)."""
     from ray import tune
 
     from runtime.driver import Training
@@ -139,6 +161,8 @@ def run_trial(params, base, core_dir, budget, log_interval_s):
     cfg = load_config(None, [*base, *params.items(), ("run.seed", SEARCH_SEED + trial_index(trial_id)),
                              ("run.logdir", str(run_dir)), ("run.total_frames", int(budget)),
                              ("run.log_interval_s", log_interval_s)])
+    if pbt:
+        return run_pbt_trial(cfg, trial_id, run_dir, budget)
 
     def on_report(report, service):
         # The last interval's score is reported after the run has saved its checkpoint (below).
@@ -149,6 +173,57 @@ def run_trial(params, base, core_dir, budget, log_interval_s):
     summary = Training(cfg, resume=(run_dir / "checkpoint.pt").is_file()).run(progress=False, on_report=on_report)
     if summary["final_return"] is not None:
         tune.report({METRIC: summary["final_return"], "frames": summary["frames"]})
+
+
+def run_pbt_trial(cfg, trial_id, run_dir, budget):
+    """A PBT trial: Training in segments of budget/4 frames, each ending in a checkpoint that is
+    reported to Tune with the score. When PBT has this trial exploit a better one, Tune restarts it
+    with new values and the other's checkpoint, which this run directory adopts and continues
+    (the run's config.yaml then holds the new values, lineage.csv the donor)."""
+    from ray import tune
+
+    from learner import checkpoint
+    from runtime.driver import Training
+    given = tune.get_checkpoint()
+    if given is not None:
+        with given.as_directory() as d:
+            donor = (Path(d) / "trial.txt").read_text().strip()
+            if donor != trial_id or not (run_dir / "checkpoint.pt").is_file():
+                adopt_checkpoint(Path(d) / "checkpoint.pt", run_dir, donor)
+    interval = pbt_interval(budget)
+    while True:
+        path = run_dir / "checkpoint.pt"
+        start = checkpoint.read(path)["counters"]["frames"] if path.is_file() else 0
+        if start >= budget:
+            break
+        stop_at = min(budget, (start // interval + 1) * interval)
+        summary = Training(cfg, resume=path.is_file()).run(
+            progress=False, on_report=lambda report, service: report["frames"] >= stop_at)
+        with tempfile.TemporaryDirectory() as d:
+            shutil.copyfile(path, Path(d) / "checkpoint.pt")
+            (Path(d) / "trial.txt").write_text(trial_id)
+            score = summary["final_return"]
+            tune.report({METRIC: float("nan") if score is None else score, "frames": summary["frames"]},
+                        checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def adopt_checkpoint(source, run_dir, donor):
+    """Make `source` (another trial's checkpoint.pt) the checkpoint run_dir resumes from, and note
+    it in run_dir/lineage.csv (frames, donor trial)."""
+    from learner import checkpoint
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / "checkpoint.pt.adopting"
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, run_dir / "checkpoint.pt")
+    frames = checkpoint.read(run_dir / "checkpoint.pt")["counters"]["frames"]
+    lineage = run_dir / "lineage.csv"
+    new = not lineage.is_file()
+    with open(lineage, "a", newline="") as f:
+        w = csv.writer(f)
+        if new:
+            w.writerow(["frames", "from_trial"])
+        w.writerow([frames, donor])
+        f.flush()
 
 
 def search(core, base, space, outdir, samples, budget, scheduler="asha", seed=0, trainable=None,
@@ -162,7 +237,8 @@ def search(core, base, space, outdir, samples, budget, scheduler="asha", seed=0,
     if trainable is None:
         base_cfg = load_config(None, base)
         trainable = tune.with_parameters(run_trial, base=base, core_dir=str(core_dir), budget=budget,
-                                         log_interval_s=log_interval_s or base_cfg.run.log_interval_s)
+                                         log_interval_s=log_interval_s or base_cfg.run.log_interval_s,
+                                         pbt=scheduler == "pbt")
     trainable = tune.with_resources(trainable, {"cpu": trial_cpus})
     storage, name = str(core_dir), "tune"
     if tune.Tuner.can_restore(str(core_dir / name)):
@@ -171,7 +247,7 @@ def search(core, base, space, outdir, samples, budget, scheduler="asha", seed=0,
         tuner = tune.Tuner(
             trainable, param_space=to_tune(space),
             tune_config=tune.TuneConfig(metric=METRIC, mode="max", num_samples=samples,
-                                        scheduler=make_scheduler(scheduler, budget),
+                                        scheduler=make_scheduler(scheduler, budget, space),
                                         search_alg=BasicVariantGenerator(
                                             random_state=seed,
                                             max_concurrent=max_concurrent or concurrency(load_config(None, base)))),
@@ -280,21 +356,36 @@ def tune_cores(config, env, cores, samples, budget, outdir, space_path=None, ove
     from runtime.driver import check_config
     if samples < 1 or budget < 1:
         raise TuneError("--samples and --budget must be at least 1")
+    if scheduler not in SCHEDULERS:
+        raise TuneError(f"--scheduler {scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
     bases, spaces = {}, {}
     for core in cores:
         cfg = load_config(config, [*overrides, ("env.id", env), ("model.core", core)])
         check_config(cfg)
         bases[core] = config_items(cfg)
         spaces[core] = load_space(space_path, cfg)
+        grids = [k for k, (kind, _) in spaces[core].items() if kind == "grid"]
+        if scheduler == "pbt" and grids:
+            raise TuneError(f"--scheduler pbt mutates values as it goes, so it takes no grid: {', '.join(grids)} "
+                            "(use choice for a list of values)")
+        if scheduler == "pbt" and samples < 2:
+            raise TuneError("--scheduler pbt needs a population: --samples 2 or more (4 or more to be useful)")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")   # our run dirs hold the curves
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     first = load_config(None, bases[cores[0]])
-    started = cluster.start_ray(first, address, extra_cpus=TRIAL_CPUS)
+    # PBT needs its population alive at once (trials exploit only trials still running): a local
+    # Ray gets logical CPUs for every trial, sharing the cores; ASHA and FIFO run what fits.
+    per_trial = cluster.cpus_needed(first) + TRIAL_CPUS
+    extra = TRIAL_CPUS + (samples - 1) * per_trial if scheduler == "pbt" else TRIAL_CPUS
+    started = cluster.start_ray(first, address, extra_cpus=extra)
     try:
         need, have = cluster.cpus_needed(first) + TRIAL_CPUS, ray.cluster_resources().get("CPU", 0)
         if have < need:
             raise TuneError(f"the Ray cluster has {have:g} CPUs; one trial needs {need:g} (its actors, "
                             "learner and driver): lower --num-actors / run.num_actors, or add nodes")
+        if scheduler == "pbt" and concurrency(first) < samples:
+            log(f"tune: pbt: only {concurrency(first)} of the {samples} trials fit side by side on this "
+                "cluster; a trial exploits only those running with it (add nodes or lower --samples)")
         trials_by_core = {}
         for core in cores:
             log(f"tune: {core}: {samples} trials x {int(budget):,} frames on {env} ({scheduler})")

@@ -2,6 +2,10 @@
 the worse trial of a hand-made metric stream, a tiny real search writes presets, and the tuned
 comparison trains on those values with seeds the search never used."""
 import csv
+import json
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 import ray
@@ -10,6 +14,7 @@ import yaml
 import launch
 from configs import load_config
 from experiments import tune
+from runtime.driver import Training
 
 
 @pytest.mark.parametrize("space, named", [
@@ -146,3 +151,80 @@ def test_the_same_search_again_resumes_instead_of_starting_over(tmp_path, ray_se
     assert len(list(calls.iterdir())) == 2           # the finished search trained nothing more
     assert sorted((t["trial"], t["status"], t["frames"]) for t in again) == \
         sorted((t["trial"], t["status"], t["frames"]) for t in first)
+
+
+def _checkpointed_stream(config, log_dir):
+    """A trial of 8 reports over 8,000 frames scoring its `quality`, each with a checkpoint that
+    holds its frames and the trial its lineage started in (as run_pbt_trial's do); every report is
+    also written to log_dir/<trial id>.jsonl."""
+    from ray import tune as ray_tune
+    me = ray_tune.get_context().get_trial_id()
+    frames, origin = 0, me
+    given = ray_tune.get_checkpoint()
+    if given is not None:
+        with given.as_directory() as d:
+            state = json.loads((Path(d) / "state.json").read_text())
+        frames, origin = state["frames"], state["origin"]
+    while frames < 8000:
+        frames += 1000
+        time.sleep(0.3)                        # both trials alive at once: a population
+        with open(Path(log_dir) / f"{me}.jsonl", "a") as f:
+            f.write(json.dumps({"score": config["quality"], "frames": frames, "origin": origin}) + "\n")
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "state.json").write_text(json.dumps({"frames": frames, "origin": origin}))
+            ray_tune.report({"score": config["quality"], "frames": frames},
+                            checkpoint=ray_tune.Checkpoint.from_directory(d))
+
+
+def test_pbt_has_the_worse_trial_continue_from_the_better_ones_checkpoint(tmp_path, ray_session):
+    from ray import tune as ray_tune
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    trials = tune.search("fake", [], {"quality": ("uniform", [0.0, 1.0])}, tmp_path, samples=2, budget=8000,
+                         scheduler="pbt", trainable=ray_tune.with_parameters(_checkpointed_stream, log_dir=str(logs)),
+                         max_concurrent=2)
+    reports = {p.stem: [json.loads(line) for line in p.read_text().splitlines()] for p in logs.iterdir()}
+    assert len(reports) == 2
+    better, worse = sorted(reports, key=lambda t: -reports[t][0]["score"])
+    # The worse trial went on from the better one's checkpoint (its frames, not from 0) and both
+    # ran the whole budget; the better one never took the worse one's.
+    took = [r for r in reports[worse] if r["origin"] == better]
+    assert took and took[0]["frames"] > 1000 and reports[worse][-1]["frames"] == 8000
+    assert not any(r["origin"] == worse for r in reports[better]) and reports[better][-1]["frames"] == 8000
+    assert all(t["status"] == "done" for t in trials)
+
+
+def test_pbt_refuses_a_grid_and_a_population_of_one(tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"learner.batch_size": {"grid": [16, 32]}}))
+    assert launch.main(["tune", "--config", "cartpole", "--env", "CartPole-v1", "--core", "lstm", "--samples", "4",
+                        "--budget", "3200", "--space", str(space), "--outdir", str(tmp_path / "s"),
+                        "--scheduler", "pbt"]) == 2
+    assert "takes no grid: learner.batch_size" in capsys.readouterr().err
+    assert launch.main(["tune", "--config", "cartpole", "--env", "CartPole-v1", "--core", "lstm", "--samples", "1",
+                        "--budget", "3200", "--outdir", str(tmp_path / "s"), "--scheduler", "pbt"]) == 2
+    assert "--samples 2 or more" in capsys.readouterr().err
+
+
+def test_a_pbt_trial_adopting_a_better_checkpoint_continues_it_with_its_own_values(tmp_path):
+    """What a PBT exploit does to a trial's run directory: the donor's checkpoint becomes its own,
+    the next segment starts at the donor's frames, and trains with the trial's (new) values."""
+    base = ["run.log_interval_s=0.5", "run.num_actors=1", "run.total_frames=3200"]
+    donor = load_config("cartpole", [*base, f"run.logdir={tmp_path / 'donor'}", "run.total_frames=1600"])
+    Training(donor).run(progress=False)
+    donor_frames = torch_load_frames(tmp_path / "donor" / "checkpoint.pt")
+    assert donor_frames >= 1600
+    mine = tmp_path / "mine"
+    tune.adopt_checkpoint(tmp_path / "donor" / "checkpoint.pt", mine, "t_00001")
+    cfg = load_config("cartpole", [*base, f"run.logdir={mine}", "learner.lr=0.00123", "learner.adam_eps=0.0004"])
+    summary = Training(cfg, resume=True).run(progress=False)
+    assert summary["start_frames"] == donor_frames and summary["frames"] >= 3200
+    ran = yaml.safe_load((mine / "config.yaml").read_text())["learner"]
+    assert ran["lr"] == 0.00123 and ran["adam_eps"] == 0.0004
+    with open(mine / "lineage.csv") as f:
+        assert list(csv.DictReader(f)) == [{"frames": str(donor_frames), "from_trial": "t_00001"}]
+
+
+def torch_load_frames(path):
+    from learner import checkpoint
+    return checkpoint.read(path)["counters"]["frames"]
