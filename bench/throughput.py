@@ -237,7 +237,7 @@ def train_part(args):
             rows.append({"what": f"train {args.preset}" + ("" if not extra else " --vs"), "env": cfg.env.id,
                          "core": core, "actors x envs": f"{cfg.run.num_actors} x {cfg.env.num_envs}",
                          "frames/s": float(np.median(rates)) if rates else float("nan"),
-                         "policy lag": float(np.median(lags)) if lags else float("nan")})
+                         "policy lag": f"{np.median(lags):.2f}" if lags else "-"})
         if args.vs:
             rows[-1]["preset / --vs"] = f"{rows[-2]['frames/s'] / rows[-1]['frames/s']:.2f}"
             rows[-2]["preset / --vs"] = ""
