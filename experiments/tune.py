@@ -259,10 +259,26 @@ def search(core, base, space, outdir, samples, budget, scheduler="asha", seed=0,
         trials.append({"core": core, "trial": metrics.get("trial_id") or Path(result.path).name,
                        "params": {k: result.config[k] for k in space if k in result.config},
                        "frames": metrics.get("frames"), "score": metrics.get(METRIC),
-                       "status": "error" if result.error else
-                                 ("done" if (metrics.get("frames") or 0) >= budget else "stopped"),
+                       "status": trial_status(metrics.get("frames"), result.error, budget, scheduler),
                        "error": None if result.error is None else str(result.error).strip().splitlines()[-1]})
     return trials
+
+
+def trial_status(frames, error, budget, scheduler):
+    """done (the whole budget), stopped (by ASHA, at a rung: a quarter of the budget or more),
+    error, or interrupted (short of the budget with no scheduler to stop it there: the search was
+    cut off, e.g. by Ctrl-C, and running the same command again continues it)."""
+    if error:
+        return "error"
+    frames = frames or 0
+    if frames >= budget:
+        return "done"
+    return "stopped" if scheduler == "asha" and frames >= int(budget) // 4 else "interrupted"
+
+
+def expected_trials(space, samples):
+    """Trials a search runs: --samples for every combination of its grid values."""
+    return samples * math.prod(len(values) for kind, values in space.values() if kind == "grid")
 
 
 def concurrency(cfg):
@@ -321,12 +337,13 @@ def write_trials(outdir, trials_by_core):
     atomic_write(Path(outdir) / "trials.md", "\n".join(lines) + "\n")
 
 
-def write_search(outdir, env, spaces, trials_by_core):
-    """DIR/search.yaml: the env, and per core its space, its best trial's values and score."""
+def write_search(outdir, env, spaces, trials_by_core, incomplete=()):
+    """DIR/search.yaml: the env, and per core its space, its best trial's values and score (none for
+    the `incomplete` cores, whose search was interrupted)."""
     from learner.checkpoint import atomic_write
     summary = {"env": env, "cores": {}}
     for core, trials in trials_by_core.items():
-        best = best_trial(trials)
+        best = None if core in incomplete else best_trial(trials)
         summary["cores"][core] = {
             "space": {k: {kind: list(values)} for k, (kind, values) in spaces[core].items()},
             "best": None if best is None else {"trial": best["trial"], "score": float(best["score"]),
@@ -386,18 +403,25 @@ def tune_cores(config, env, cores, samples, budget, outdir, space_path=None, ove
         if scheduler == "pbt" and concurrency(first) < samples:
             log(f"tune: pbt: only {concurrency(first)} of the {samples} trials fit side by side on this "
                 "cluster; a trial exploits only those running with it (add nodes or lower --samples)")
-        trials_by_core = {}
+        trials_by_core, incomplete = {}, []
         for core in cores:
             log(f"tune: {core}: {samples} trials x {int(budget):,} frames on {env} ({scheduler})")
-            trials_by_core[core] = search(core, bases[core], spaces[core], outdir, samples, budget, scheduler, seed)
-            best = best_trial(trials_by_core[core])
+            trials_by_core[core] = trials = search(core, bases[core], spaces[core], outdir, samples, budget,
+                                                   scheduler, seed)
+            finished = sum(t["status"] != "interrupted" for t in trials)
+            if finished < expected_trials(spaces[core], samples):
+                log(f"tune: {core}: the search was interrupted ({finished} of {expected_trials(spaces[core], samples)} "
+                    "trials finished), so no best.yaml yet: run the same command again to continue it")
+                incomplete.append(core)
+                continue
+            best = best_trial(trials)
             if best is None:
                 log(f"tune: {core}: no trial scored (see {Path(outdir) / 'trials.md'})")
                 continue
             path = write_best(Path(outdir) / core, best, bases[core], budget)
             log(f"tune: {core}: best {best['score']:.4g} ({best['trial']}) -> {path}")
         write_trials(outdir, trials_by_core)
-        write_search(outdir, env, spaces, trials_by_core)
+        write_search(outdir, env, spaces, trials_by_core, incomplete)
     finally:
         if started:
             ray.shutdown()
