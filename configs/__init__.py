@@ -108,7 +108,8 @@ class RunConfig:
     seed: int = _f(0, "seed of the initial weights, the envs and the sampled actions")
     logdir: str = _f("", "run directory; empty: runs/<env>-<core>-<date-time>")
     max_rollouts_in_flight: int = _f(2, "rollout calls pending per actor, at most; calls go out only while the "
-                                     "sequences not yet trained on stay within a rollout per actor plus a batch")
+                                     "sequences not yet trained on stay within a rollout per actor plus the rest of a "
+                                     "batch")
     learner_queue_size: int = _f(0, "rollouts the learner fetches ahead of training on them; 0: enough "
                                  "for two batches")
     max_policy_lag: int = _f(0, "drop (and count) sequences acted with weights more than this many "

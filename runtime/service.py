@@ -97,7 +97,10 @@ class LearnerService:
         self.in_flight = {}                 # ObjectRef -> worker index
         self._wanting = collections.deque()  # worker indices owed a call, first come first served
         self._ahead = 0                     # sequences asked for and not yet handed to an update
-        self._ahead_cap = rc.num_actors * self.num_envs + cfg.learner.batch_size
+        # One rollout per actor, plus what a batch still waits for while its last rollout runs (so
+        # that the actors who finished it keep stepping): with rollouts of a whole batch the data is
+        # (total envs / B) updates old when the learner is the bottleneck, +1 if the publisher is late.
+        self._ahead_cap = rc.num_actors * self.num_envs + max(cfg.learner.batch_size - self.num_envs, 0)
         self._dropped_seen = 0
         self.restarts = 0
         self.lost_rollouts = 0              # rollouts whose objects were lost (a node died holding them)
@@ -150,7 +153,7 @@ class LearnerService:
 
     def _issue(self):
         """Give the actors owed a call theirs, while the sequences ahead of the update stay within
-        one rollout per actor plus one batch (so that no rollout starts long before it is used)."""
+        self._ahead_cap (so that no rollout starts long before it is used)."""
         with self._lock:
             n = 0
             while n < len(self._wanting) and self._ahead + self.num_envs <= self._ahead_cap:
