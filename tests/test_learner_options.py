@@ -220,6 +220,21 @@ def test_observation_norm_keeps_exact_running_statistics_and_travels_with_the_we
     np.testing.assert_allclose(as_bytes.var.numpy(), (raw.double().numpy() / 255).var(0), rtol=1e-4)
     np.testing.assert_allclose(as_bytes(raw.float(), 1 / 255).numpy(), as_floats(raw.float() / 255).numpy(),
                                rtol=1e-4, atol=1e-5)
+    # Stacked frames laid out channels-last (as the conv torso runs): the same values, the output
+    # keeps the layout (else the torso copies it back), and in place on a float copy too.
+    frames = torch.from_numpy(rng.integers(0, 256, (20, 4, 6, 5), dtype=np.uint8))
+    stacks = ObservationNorm((4, 6, 5))
+    stacks.update(frames, 1 / 255)
+    scaled = frames.double().numpy() / 255
+    expected = np.clip((scaled - scaled.mean(0)) / np.sqrt(scaled.var(0) + 1e-5), -5, 5)
+    channels_last = frames.float().contiguous(memory_format=torch.channels_last)
+    for out in (stacks(channels_last, 1 / 255), stacks(channels_last.clone(), 1 / 255, inplace=True)):
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        np.testing.assert_allclose(out.numpy(), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(stacks(frames.float(), 1 / 255).numpy(), expected, rtol=1e-4, atol=1e-5)
+    floats = frames.float()
+    stacks(floats, 1 / 255)
+    assert torch.equal(floats, frames.float())    # not in place unless asked
 
     # In the learner: updated from each batch's frames (scaled by 1/255) before the forward pass,
     # and part of the published weights.
