@@ -107,11 +107,12 @@ class Agent(nn.Module):
         if self.channels_last:  # on the bytes, before the float copy: a quarter of the traffic
             x = x.contiguous(memory_format=torch.channels_last)
         bf16 = self.bf16_torso_on_cpu and self.channels_last and x.device.type == "cpu"
-        as_float = x.to(torch.bfloat16 if bf16 else dtype)
-        made_copy, x = as_float.data_ptr() != x.data_ptr(), as_float
+        float_dtype = torch.bfloat16 if bf16 else dtype
+        own_copy = x.dtype != float_dtype        # then .to makes a fresh tensor, ours to overwrite
+        x = x.to(float_dtype)
         scale = 1.0 / 255.0 if self.obs_is_uint8 else 1.0
         if self.obs_norm is not None:            # the 1/255 folded into the normalisation
-            x = self.obs_norm(x, scale, inplace=made_copy)
+            x = self.obs_norm(x, scale, inplace=own_copy)
         elif self.obs_is_uint8:
             x = x * scale
         with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():

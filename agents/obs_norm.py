@@ -40,9 +40,7 @@ class ObservationNorm(nn.Module):
         of sums over x as given (e.g. the uint8 frames) instead of scaled float copies, squared in
         place: the learner does this on every batch (15 ms instead of 34 for 336 Atari stacks)."""
         n = x.shape[0]
-        flat = x.reshape(n, -1).float()   # a copy when x is uint8 (squared in place below)
-        if flat.data_ptr() == x.data_ptr():
-            flat = flat.clone()
+        flat = x.reshape(n, -1).to(torch.float32, copy=True)   # ours: squared in place below
         batch_mean = flat.sum(0) * (scale / n)
         batch_var = (flat.square_().sum(0) * (scale * scale / n) - batch_mean ** 2).clamp_min_(0)
         batch_mean, batch_var = batch_mean.view_as(self.mean), batch_var.view_as(self.var)

@@ -90,6 +90,8 @@ def test_observation_norm_never_writes_into_the_callers_observations(torso, spac
     agent = make_agent(float_space, NUM_ACTIONS, cfg)
     obs, reward, reset, state, _ = _sequence(agent, 3, 2)
     obs, reward, state = obs.float() + 0.5, reward.float(), tuple(s.float() for s in state)
+    if obs.dim() == 5:   # frames already channels-last, so the torso's layout change is no copy either
+        obs = obs.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
     agent.update_obs_norm(obs)
     kept = obs.clone()
     logits = agent.unroll(obs, reward, reset, state)[0]
