@@ -13,7 +13,10 @@ answers each caller. The core states live here, one table per actor (reset where
 in the actor), and so do the frame stacks of Atari envs: a request carries each env's newest frame
 and whether a game started (a quarter of the bytes). `want_state` returns the states before the
 step, which travel with a rollout that starts there. Weights come from the same holder as the
-actors' (the newest before each batch); each answer says which version acted.
+actors': a polling thread fetches each new version off the serving path (asking the holder before
+every batch put a Ray round trip into every batch's latency), and the batching thread loads it
+between batches, so a batch acts on weights at most one poll interval (run.inference_weights_poll_ms) older
+than the newest published; each answer says which version acted.
 """
 import queue
 import threading
@@ -47,11 +50,15 @@ class InferenceServer:
         self.stacks = len(self.obs_shape) == 3 and self.obs_shape[0] > 1 and observation_space.dtype == np.uint8
         self.max_batch, self.timeout = cfg.run.inference_batch, cfg.run.inference_timeout_ms / 1000
         self.holder, self.version = weights_holder, -1
+        self.poll_s = cfg.run.inference_weights_poll_ms / 1000
+        self.pending = None          # (version, state dict) fetched by the poller, not yet loaded
         self.tables = {}             # worker -> {"state": tuple of [N, ...], "stack": [N, S, H, W] or None}
         self.lock = threading.Lock()
         self.requests = queue.Queue()
         self.batches, self.envs_served, self.busy_s = 0, 0, 0.0
         threading.Thread(target=self._serve, daemon=True).start()
+        if self.holder is not None:
+            threading.Thread(target=self._poll_weights, daemon=True).start()
 
     def register(self, worker, num_envs):
         """A (re)started actor with `num_envs` envs: its states and frame stacks start from zero."""
@@ -90,10 +97,12 @@ class InferenceServer:
         return request.result
 
     def stats(self):
-        """Batches run, envs served, mean envs per batch, mean seconds per batch."""
-        n = max(self.batches, 1)
+        """Batches run, envs served, mean envs per batch, mean seconds per batch, the weights version
+        that acted last and the newest the poller fetched (the next batch acts on it)."""
+        n, pending = max(self.batches, 1), self.pending
         return {"batches": self.batches, "envs": self.envs_served, "mean_batch": self.envs_served / n,
-                "seconds_per_batch": self.busy_s / n}
+                "seconds_per_batch": self.busy_s / n, "version": self.version,
+                "fetched": self.version if pending is None else pending[0]}
 
     def _serve(self):
         while True:
@@ -117,16 +126,27 @@ class InferenceServer:
             self.busy_s += time.monotonic() - start
 
     def _newest_weights(self):
-        if self.holder is None:
-            return
+        """Load the version the poller fetched, if any: one copy of the parameters, between batches."""
+        pending = self.pending       # one read: the poller may replace it meanwhile
+        if pending is not None and pending[0] != self.version:
+            self.agent.load_state_dict(pending[1])
+            self.version = pending[0]
+
+    def _poll_weights(self):
         import ray
 
         from .weights import unflatten
-        latest = ray.get(self.holder.latest.remote(self.version))
-        if latest is not None:
-            version, layout, buffer = ray.get(latest[1][0])
-            self.agent.load_state_dict(unflatten(layout, buffer))
-            self.version = version
+        have = -1
+        while True:
+            try:
+                latest = ray.get(self.holder.latest.remote(have))
+                if latest is not None:
+                    version, layout, buffer = ray.get(latest[1][0])
+                    self.pending, have = (version, unflatten(layout, buffer)), version
+                    continue
+            except ray.exceptions.RayError:    # the holder is restarting: serve the weights we have
+                pass
+            time.sleep(self.poll_s)
 
     @torch.no_grad()
     def _run(self, batch):

@@ -120,6 +120,9 @@ class RunConfig:
                         "the requests of all actors' envs; the actors only step envs)", ("actor", "central"))
     inference_batch: int = _f(512, "central: the most envs one inference batch holds")
     inference_timeout_ms: float = _f(2.0, "central: how long a batch waits for more requests once it has one")
+    inference_weights_poll_ms: float = _f(5.0, "central: how often the server asks for newer weights (off the "
+                                          "serving path; a batch's weights are at most this much older than "
+                                          "the newest published)")
     inference_cpus: float = _f(1.0, "central: CPUs Ray reserves for the inference server")
     inference_gpus: float = _f(0.0, "central: GPUs for the inference server (0: it runs on CPUs; a GPU of its own, "
                                "or a fraction the cluster has spare)")

@@ -61,9 +61,11 @@ def check_config(cfg):
               ("learner.minibatches", lc.minibatches >= 1),
               ("learner.ppo_clip", lc.ppo_clip > 0),
               ("learner.lr", lc.lr > 0),
-              ("run.publish_interval", cfg.run.publish_interval >= 1)]
+              ("run.publish_interval", cfg.run.publish_interval >= 1),
+              ("run.inference_batch", cfg.run.inference_batch >= 1),
+              ("run.inference_weights_poll_ms", cfg.run.inference_weights_poll_ms > 0)]
     for key in ("run.learner_queue_size", "run.max_policy_lag", "learner.entropy_cost", "learner.baseline_cost",
-                "learner.grad_clip"):
+                "learner.grad_clip", "run.inference_timeout_ms"):
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 0:
             raise ConfigError(f"{key} must be >= 0, got {getattr(getattr(cfg, section), name)}")

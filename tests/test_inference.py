@@ -49,6 +49,10 @@ def test_central_inference_produces_the_actors_rollouts(ray_session, env_id, ext
     while ray.get(server.stats.remote())["envs"] < 4:   # its first step too, with the same initial weights
         time.sleep(0.01)
     ray.get(holder.publish.remote(3, [ray.put(flatten(weights).payload(3))]))
+    deadline = time.monotonic() + 30     # the server's poller fetches it; its next batch loads it
+    while ray.get(server.stats.remote())["fetched"] != 3:
+        assert time.monotonic() < deadline, "the server never fetched the published version 3"
+        time.sleep(0.01)
     ours = [local.rollout((3, weights)) for _ in range(8)]        # 200 steps per env
     theirs = [central.rollout() for _ in range(8)]
     keys = ("frames", "stack0", "stack_reset") if "frames" in ours[0] else ("obs",)
