@@ -152,9 +152,10 @@ def actor_case(torso, core, num_envs, env_batches, threads, bf16=False, unroll=2
                 loop_once, 4, worker.close)
 
 
-def central_case(torso, core, num_envs, env_batches, threads, unroll=20):
+def central_case(torso, core, num_envs, env_batches, threads, unroll=20, timeout_ms=2.0):
     """Agent steps/s of a RolloutWorker whose policy runs in a central InferenceServer (a Ray
-    actor on the same machine, torch on one thread), and the server's batch statistics."""
+    actor on the same machine, torch on one thread, batches waiting up to `timeout_ms` for more
+    requests), and the server's batch statistics."""
     import ray
 
     from actors.inference import InferenceServer
@@ -162,7 +163,8 @@ def central_case(torso, core, num_envs, env_batches, threads, unroll=20):
     from configs import load_config
     cfg = load_config(overrides=["env.id=ALE/Pong-v5", f"env.num_envs={num_envs}", f"env.env_batches={env_batches}",
                                  f"env.num_threads={threads}", f"model.torso={torso}", f"model.core={core}",
-                                 f"learner.unroll_length={unroll}", "run.inference=central"])
+                                 f"learner.unroll_length={unroll}", "run.inference=central",
+                                 f"run.inference_timeout_ms={timeout_ms}"])
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     probe = RolloutWorker(cfg, seed=0, num_cpus=threads)
@@ -182,7 +184,8 @@ def central_case(torso, core, num_envs, env_batches, threads, unroll=20):
         central_stats[what] = stats
         worker.close()
         ray.kill(server)
-    what = f"central {torso}+{core}" + ("" if env_batches == 1 else f", {env_batches} groups")
+    what = (f"central {torso}+{core}" + ("" if env_batches == 1 else f", {env_batches} groups")
+            + f", wait {timeout_ms:g} ms")
     return Case({"what": what, "env": "ALE/Pong-v5", "envs": num_envs, "threads": threads}, loop_once, 4, close)
 
 
@@ -198,7 +201,8 @@ def actor_part(args):
                 for batches, bf16 in ((1, False), (2, False), (2, True)):
                     cases.append(actor_case(torso, core, n, batches, threads, bf16))
             if args.inference in ("central", "both"):
-                cases.append(central_case(torso, core, n, 2, threads))
+                for timeout_ms in args.inference_timeout_ms:
+                    cases.append(central_case(torso, core, n, 2, threads, timeout_ms=timeout_ms))
     rows = measure(cases, args.seconds * 2, args.repeats)
     ceiling = max(r["steps/s"] for r in rows[:2])
     for r in rows:
@@ -260,6 +264,8 @@ def main():
     parser.add_argument("--preset", default="atari_cpu", help="config preset of the train part")
     parser.add_argument("--inference", default="actor", choices=("actor", "central", "both"),
                         help="actor part: the actor rows, the central-inference rows, or both")
+    parser.add_argument("--inference-timeout-ms", type=float, nargs="+", default=[2.0],
+                        help="central rows: one per run.inference_timeout_ms value (a batch's wait for more requests)")
     parser.add_argument("--train-seconds", type=float, default=60.0, help="seconds per train run")
     parser.add_argument("--vs", nargs="+", default=[], metavar="KEY=VALUE",
                         help="train part: also run each core with the preset plus these values, side by side")
