@@ -15,8 +15,8 @@ and whether a game started (a quarter of the bytes). `want_state` returns the st
 step, which travel with a rollout that starts there. Weights come from the same holder as the
 actors': a polling thread fetches each new version off the serving path (asking the holder before
 every batch put a Ray round trip into every batch's latency), and the batching thread loads it
-between batches, so a batch acts on weights at most one poll interval (run.inference_weights_poll_ms) older
-than the newest published; each answer says which version acted.
+between batches, so a batch acts on weights about one poll interval (run.inference_weights_poll_ms,
+plus a fetch) older than the newest published at most; each answer says which version acted.
 """
 import queue
 import threading

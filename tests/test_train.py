@@ -161,6 +161,7 @@ def no_ray(monkeypatch):
     (["--set", "learner.epochs=0"], "learner.epochs must be positive"),
     (["--set", "run.inference_timeout_ms=-1"], "run.inference_timeout_ms must be >= 0, got -1.0"),
     (["--set", "run.inference_weights_poll_ms=0"], "run.inference_weights_poll_ms must be positive"),
+    (["--set", "run.inference_batch=0"], "run.inference_batch must be positive"),
     (["--set", "learner.popart_beta=2"], "learner.popart_beta must lie in (0, 1], got 2.0"),
     (["--set", "learner.optimizer=sgd"], "learner.optimizer='sgd' is not a valid choice; choose one of rmsprop, adam"),
     (["--set", "learner.loss=ppo"], "learner.loss='ppo' is not a valid choice; choose one of impala, appo"),
