@@ -56,9 +56,11 @@ class InferenceServer:
         self.lock = threading.Lock()
         self.requests = queue.Queue()
         self.batches, self.envs_served, self.busy_s = 0, 0, 0.0
-        threading.Thread(target=self._serve, daemon=True).start()
-        if self.holder is not None:
+        if self.holder is not None:      # the first batch acts on the published weights, not a fresh init
+            self._fetch_newer()
+            self._newest_weights()
             threading.Thread(target=self._poll_weights, daemon=True).start()
+        threading.Thread(target=self._serve, daemon=True).start()
 
     def register(self, worker, num_envs):
         """A (re)started actor with `num_envs` envs: its states and frame stacks start from zero."""
@@ -132,21 +134,26 @@ class InferenceServer:
             self.agent.load_state_dict(pending[1])
             self.version = pending[0]
 
-    def _poll_weights(self):
+    def _fetch_newer(self):
+        """Put a version newer than the last fetched into `pending`; False if there is none."""
         import ray
 
         from .weights import unflatten
-        have = -1
+        have = self.version if self.pending is None else self.pending[0]
+        try:
+            latest = ray.get(self.holder.latest.remote(have))
+            if latest is None:
+                return False
+            version, layout, buffer = ray.get(latest[1][0])
+        except ray.exceptions.RayError:    # the holder is restarting: serve the weights we have
+            return False
+        self.pending = (version, unflatten(layout, buffer))
+        return True
+
+    def _poll_weights(self):
         while True:
-            try:
-                latest = ray.get(self.holder.latest.remote(have))
-                if latest is not None:
-                    version, layout, buffer = ray.get(latest[1][0])
-                    self.pending, have = (version, unflatten(layout, buffer)), version
-                    continue
-            except ray.exceptions.RayError:    # the holder is restarting: serve the weights we have
-                pass
-            time.sleep(self.poll_s)
+            if not self._fetch_newer():
+                time.sleep(self.poll_s)
 
     @torch.no_grad()
     def _run(self, batch):
