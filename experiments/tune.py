@@ -259,21 +259,23 @@ def search(core, base, space, outdir, samples, budget, scheduler="asha", seed=0,
         trials.append({"core": core, "trial": metrics.get("trial_id") or Path(result.path).name,
                        "params": {k: result.config[k] for k in space if k in result.config},
                        "frames": metrics.get("frames"), "score": metrics.get(METRIC),
-                       "status": trial_status(metrics.get("frames"), result.error, budget, scheduler),
+                       "status": trial_status(metrics.get("frames"), result.error, budget, bool(metrics.get("done"))),
                        "error": None if result.error is None else str(result.error).strip().splitlines()[-1]})
     return trials
 
 
-def trial_status(frames, error, budget, scheduler):
-    """done (the whole budget), stopped (by ASHA, at a rung: a quarter of the budget or more),
-    error, or interrupted (short of the budget with no scheduler to stop it there: the search was
-    cut off, e.g. by Ctrl-C, and running the same command again continues it)."""
+def trial_status(frames, error, budget, ended):
+    """done (the whole budget), stopped (ended short of it: by ASHA, at a rung), error, or
+    interrupted (short of the budget and not ended: the search was cut off, e.g. by Ctrl-C, and
+    running the same command again continues it). `ended` is Tune's `done` flag of the trial's
+    last result: set when the trial ended by itself or by the scheduler's stop, not when the whole
+    search was cut off (a trial cut off past a rung then reads interrupted, not stopped)."""
     if error:
         return "error"
     frames = frames or 0
     if frames >= budget:
         return "done"
-    return "stopped" if scheduler == "asha" and frames >= int(budget) // 4 else "interrupted"
+    return "stopped" if ended else "interrupted"
 
 
 def expected_trials(space, samples):

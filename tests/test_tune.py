@@ -232,10 +232,10 @@ def torch_load_frames(path):
 
 def test_a_search_cut_short_is_told_apart_from_one_asha_stopped():
     budget = 8000
-    assert tune.trial_status(8000, None, budget, "asha") == "done"
-    assert tune.trial_status(2000, None, budget, "asha") == "stopped"       # at the first rung
-    assert tune.trial_status(1999, None, budget, "asha") == "interrupted"   # before any rung
-    assert tune.trial_status(4000, None, budget, "fifo") == "interrupted"   # fifo stops nothing
-    assert tune.trial_status(4000, None, budget, "pbt") == "interrupted"
-    assert tune.trial_status(None, ValueError("x"), budget, "asha") == "error"
+    assert tune.trial_status(8000, None, budget, True) == "done"
+    assert tune.trial_status(8000, None, budget, False) == "done"          # its last report, then cut off
+    assert tune.trial_status(2000, None, budget, True) == "stopped"        # ended short: the scheduler
+    assert tune.trial_status(6000, None, budget, False) == "interrupted"   # past a rung, but cut off
+    assert tune.trial_status(None, None, budget, False) == "interrupted"   # cut off before a report
+    assert tune.trial_status(None, ValueError("x"), budget, True) == "error"
     assert tune.expected_trials({"a": ("grid", [1, 2, 3]), "b": ("uniform", [0.0, 1.0])}, 2) == 6
