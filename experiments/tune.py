@@ -191,11 +191,11 @@ def run_pbt_trial(cfg, trial_id, run_dir, budget):
             if donor != trial_id or not (run_dir / "checkpoint.pt").is_file():
                 adopt_checkpoint(Path(d) / "checkpoint.pt", run_dir, donor)
     interval = pbt_interval(budget)
-    while True:
-        path = run_dir / "checkpoint.pt"
-        start = checkpoint.read(path)["counters"]["frames"] if path.is_file() else 0
-        if start >= budget:
-            break
+    path = run_dir / "checkpoint.pt"
+    # The checkpoint is read once, for where a (restarted or adopting) trial starts; each segment
+    # then ends where its summary says.
+    start = checkpoint.read(path)["counters"]["frames"] if path.is_file() else 0
+    while start < budget:
         stop_at = min(budget, (start // interval + 1) * interval)
         summary = Training(cfg, resume=path.is_file()).run(
             progress=False, on_report=lambda report, service: report["frames"] >= stop_at)
@@ -205,6 +205,7 @@ def run_pbt_trial(cfg, trial_id, run_dir, budget):
             score = summary["final_return"]
             tune.report({METRIC: float("nan") if score is None else score, "frames": summary["frames"]},
                         checkpoint=tune.Checkpoint.from_directory(d))
+        start = summary["frames"]
 
 
 def adopt_checkpoint(source, run_dir, donor):
