@@ -71,6 +71,8 @@ class LearnerConfig:
     lr: float = _f(6e-4, "learning rate at the start of lr_schedule")
     lr_schedule: str = _f("linear", "over run.total_frames: linear to zero, constant, or cosine to zero",
                           ("linear", "constant", "cosine"))
+    lr_decay_start: float = _f(0.0, "linear/cosine: the fraction of run.total_frames the lr is held for "
+                               "before it decays to zero over the rest (0: decays from the start)")
     optimizer: str = _f("rmsprop", "torch.optim.RMSprop (the paper's) or Adam", ("rmsprop", "adam"))
     rmsprop_alpha: float = _f(0.99, "RMSprop: smoothing of the squared-gradient average")
     rmsprop_eps: float = _f(0.01, "RMSprop: added to the root of the squared-gradient average")

@@ -67,23 +67,26 @@ class Learner:
                                    eps=lc.rmsprop_eps, momentum=lc.rmsprop_momentum)
 
     def current_lr(self):
-        """learner.lr_schedule as a function of the frames consumed: from the anchor (frames a,
-        factor m; (0, 1) for a run that never changed its budget) to run.total_frames, the lr is
-        lr · m · (1 − q) (linear) or lr · m · (1 + cos πq) / 2 (cosine), q = (frames − a) / (total − a).
-        A resume with another budget moves the anchor to the resume point (load_payload), so the lr
-        goes on from where it was, without a jump, and still reaches zero at the new budget."""
+        """learner.lr_schedule as a function of the frames consumed. The lr is held at lr · m until the
+        decay start s, then goes to zero at run.total_frames: lr · m · (1 − q) (linear) or
+        lr · m · (1 + cos πq) / 2 (cosine), q = (frames − s) / (total − s). (a, m) is the anchor:
+        (0, 1) for a run that never changed its budget; a resume with another budget moves it to the
+        resume point with the factor reached there (load_payload), so the lr goes on without a jump
+        and still reaches zero at the new budget. s = max(a, lr_decay_start · total): a run resumed
+        inside its hold keeps holding until the new budget's decay start."""
         lc = self.cfg.learner
         return lc.lr * self._lr_factor(self.frames, self.cfg.run.total_frames, self.lr_anchor)
 
     def _lr_factor(self, frames, total, anchor):
         start, factor = anchor
-        q = 1.0 if total <= start else min(1.0, max(0.0, (frames - start) / (total - start)))
         schedule = self.cfg.learner.lr_schedule
+        if schedule == "constant":
+            return 1.0
+        start = max(start, self.cfg.learner.lr_decay_start * total)
+        q = 1.0 if total <= start else min(1.0, max(0.0, (frames - start) / (total - start)))
         if schedule == "linear":
             return factor * (1.0 - q)
-        if schedule == "cosine":
-            return factor * 0.5 * (1.0 + math.cos(math.pi * q))
-        return 1.0
+        return factor * 0.5 * (1.0 + math.cos(math.pi * q))
 
     def step(self, batch):
         """Learn from a batch of B unrolls: learner.epochs passes over it, each in learner.minibatches

@@ -75,6 +75,9 @@ def check_config(cfg):
     if lc.batch_size % lc.minibatches:
         raise ConfigError(f"learner.batch_size ({lc.batch_size}) must be a multiple of "
                           f"learner.minibatches ({lc.minibatches}): a minibatch holds whole unrolls")
+    if not 0 <= lc.lr_decay_start < 1:
+        raise ConfigError(f"learner.lr_decay_start must lie in [0, 1) (a fraction of run.total_frames), "
+                          f"got {lc.lr_decay_start}")
     if not 0 < lc.popart_beta <= 1:
         raise ConfigError(f"learner.popart_beta must lie in (0, 1], got {lc.popart_beta}")
 

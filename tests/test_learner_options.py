@@ -127,6 +127,37 @@ def test_lr_schedules(schedule):
     np.testing.assert_allclose(lrs, expected, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_lr_decay_start_holds_the_lr_then_decays_to_zero_over_the_rest(schedule):
+    """lr_decay_start 0.25 of 16 updates: held for 4 updates, then down to zero at update 16."""
+    cfg = tiny_config("lstm", f"learner.lr_schedule={schedule}", "learner.lr_decay_start=0.25",
+                      f"run.total_frames={16 * T * B}")
+    learner = Learner(cfg, VECTOR, NUM_ACTIONS)
+    batch = _batch(learner)
+    lrs = [learner.step(batch)["learner/lr"] for _ in range(18)]
+    q = [min(1.0, max(0, k - 4) / 12) for k in range(18)]
+    shape = [1 - x if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * x)) for x in q]
+    np.testing.assert_allclose(lrs, [6e-4 * y for y in shape], rtol=1e-12, atol=1e-15)
+    assert lrs[:5] == [6e-4] * 5 and lrs[16:] == [0.0, 0.0]
+
+
+def test_a_resume_inside_the_hold_holds_until_the_new_budgets_decay_start(tmp_path):
+    """Half the hold of a 10-update budget spent, resumed with 20 updates: held until update 10
+    (half of 20), then linear to zero at 20; without the hold fraction the anchor decays at once."""
+    cfg = tiny_config("lstm", "learner.lr_decay_start=0.5", f"run.total_frames={10 * T * B}")
+    first = Learner(cfg, VECTOR, NUM_ACTIONS)
+    batch = _batch(first)
+    for _ in range(3):
+        first.step(batch)
+    first.save(tmp_path / "ck.pt")
+    resumed = Learner(tiny_config("lstm", "learner.lr_decay_start=0.5", f"run.total_frames={20 * T * B}"),
+                      VECTOR, NUM_ACTIONS)
+    resumed.load(tmp_path / "ck.pt")
+    lrs = [resumed.step(batch)["learner/lr"] for _ in range(18)]      # updates 3..20
+    expected = [6e-4 * (1 - min(1.0, max(0, k - 10) / 10)) for k in range(3, 21)]
+    np.testing.assert_allclose(lrs, expected, rtol=1e-12, atol=1e-15)
+
+
 def test_gradient_clip_fraction_says_whether_the_clip_acted():
     learner = Learner(tiny_config("lstm", "learner.grad_clip=1e-6"), VECTOR, NUM_ACTIONS)
     stats = learner.step(_batch(learner))

@@ -163,6 +163,7 @@ def no_ray(monkeypatch):
     (["--set", "run.inference_weights_poll_ms=0"], "run.inference_weights_poll_ms must be positive"),
     (["--set", "run.inference_batch=0"], "run.inference_batch must be positive"),
     (["--set", "learner.popart_beta=2"], "learner.popart_beta must lie in (0, 1], got 2.0"),
+    (["--set", "learner.lr_decay_start=1"], "learner.lr_decay_start must lie in [0, 1) (a fraction of run.total_frames), got 1.0"),
     (["--set", "learner.optimizer=sgd"], "learner.optimizer='sgd' is not a valid choice; choose one of rmsprop, adam"),
     (["--set", "learner.loss=ppo"], "learner.loss='ppo' is not a valid choice; choose one of impala, appo"),
     (["--set", "run.save_at_frames=2e8"], "run.save_at_frames must be a list (e.g. [1, 2]), got '2e8'"),
