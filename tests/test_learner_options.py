@@ -143,7 +143,7 @@ def test_lr_decay_start_holds_the_lr_then_decays_to_zero_over_the_rest(schedule)
 
 def test_a_resume_inside_the_hold_holds_until_the_new_budgets_decay_start(tmp_path):
     """Half the hold of a 10-update budget spent, resumed with 20 updates: held until update 10
-    (half of 20), then linear to zero at 20; without the hold fraction the anchor decays at once."""
+    (half of 20), then linear to zero at 20."""
     cfg = tiny_config("lstm", "learner.lr_decay_start=0.5", f"run.total_frames={10 * T * B}")
     first = Learner(cfg, VECTOR, NUM_ACTIONS)
     batch = _batch(first)
