@@ -100,10 +100,20 @@ def _bootstrap(samples, statistic, reps):
     from scipy.stats import bootstrap
     samples = [np.asarray(x, np.float64) for x in samples]
     point = float(statistic(*samples))
-    if all(len(x) < 2 for x in samples) or all(np.ptp(x) == 0 for x in samples):
+    # A one-run sample resamples to itself, and scipy refuses it (e.g. a core run with one seed
+    # beside the lstm's three): hold it fixed and resample only the others.
+    free = [i for i, x in enumerate(samples) if len(x) >= 2]
+    if not free or all(np.ptp(x) == 0 for x in samples):
         return point, point, point    # nothing to resample: the interval is the point
-    ci = bootstrap(samples, statistic, n_resamples=reps, vectorized=False, method="percentile",
-                   confidence_level=0.95, rng=np.random.default_rng(0)).confidence_interval
+
+    def partial(*drawn):
+        full = list(samples)
+        for i, x in zip(free, drawn):
+            full[i] = x
+        return statistic(*full)
+    ci = bootstrap([samples[i] for i in free], partial, n_resamples=reps, vectorized=False,
+                   method="percentile", confidence_level=0.95,
+                   rng=np.random.default_rng(0)).confidence_interval
     return point, float(ci.low), float(ci.high)
 
 

@@ -288,6 +288,22 @@ def test_difference_ci_point_and_coverage():
     assert 1.0 - 0.5 <= low < point < high <= 3.0
 
 
+
+def test_difference_ci_with_a_one_run_side():
+    """A core run with one seed beside the lstm's several (compare --seeds 1 after --seeds 3):
+    the single run has no spread, so the interval is the exact bootstrap interval of the other
+    side's mean, shifted; enumerated over all 4^4 resamples."""
+    a, b = np.array([0.2, 1.0, 1.5, 4.0]), [2.5]
+    means = np.array([np.mean(a[list(i)]) for i in itertools.product(range(4), repeat=4)])
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    point, low, high = report.difference_ci(a, b, reps=20_000)
+    assert point == pytest.approx(a.mean() - 2.5)
+    assert low == pytest.approx(lo - 2.5, abs=0.05) and high == pytest.approx(hi - 2.5, abs=0.05)
+    point, low, high = report.difference_ci(b, a, reps=20_000)     # the lstm side with one run
+    assert point == pytest.approx(2.5 - a.mean())
+    assert low == pytest.approx(2.5 - hi, abs=0.05) and high == pytest.approx(2.5 - lo, abs=0.05)
+    assert report.difference_ci([3.0], [1.0]) == (2.0, 2.0, 2.0)
+
 def test_iqm_and_median_of_known_numbers():
     # runs x games: game 0 runs 1, 2, 3, 4; game 1 runs 5, 6, 7, 8 (all eight values 1..8).
     m = np.array([[1, 5], [2, 6], [3, 7], [4, 8]], np.float64)
