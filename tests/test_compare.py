@@ -288,7 +288,6 @@ def test_difference_ci_point_and_coverage():
     assert 1.0 - 0.5 <= low < point < high <= 3.0
 
 
-
 def test_difference_ci_with_a_one_run_side():
     """A core run with one seed beside the lstm's several (compare --seeds 1 after --seeds 3):
     the single run has no spread, so the interval is the exact bootstrap interval of the other
@@ -303,6 +302,7 @@ def test_difference_ci_with_a_one_run_side():
     assert point == pytest.approx(2.5 - a.mean())
     assert low == pytest.approx(2.5 - hi, abs=0.05) and high == pytest.approx(2.5 - lo, abs=0.05)
     assert report.difference_ci([3.0], [1.0]) == (2.0, 2.0, 2.0)
+
 
 def test_iqm_and_median_of_known_numbers():
     # runs x games: game 0 runs 1, 2, 3, 4; game 1 runs 5, 6, 7, 8 (all eight values 1..8).
