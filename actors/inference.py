@@ -28,6 +28,7 @@ import torch
 from agents import Agent
 from configs import config_from_dict
 
+from . import resolve_actor
 from .rollout import act
 
 
@@ -49,7 +50,7 @@ class InferenceServer:
         self.obs_shape = tuple(observation_space.shape)
         self.stacks = len(self.obs_shape) == 3 and self.obs_shape[0] > 1 and observation_space.dtype == np.uint8
         self.max_batch, self.timeout = cfg.run.inference_batch, cfg.run.inference_timeout_ms / 1000
-        self.holder, self.version = weights_holder, -1
+        self.holder, self.version = resolve_actor(weights_holder), -1   # a handle or its name
         self.poll_s = cfg.run.inference_weights_poll_ms / 1000
         self.pending = None          # (version, state dict) fetched by the poller, not yet loaded
         self.tables = {}             # worker -> {"state": tuple of [N, ...], "stack": [N, S, H, W] or None}

@@ -21,6 +21,7 @@ import torch
 from agents import Agent
 from configs import config_from_dict
 
+from . import resolve_actor
 from .envs import make_env
 from .weights import unflatten
 
@@ -40,14 +41,15 @@ class RolloutWorker:
     def __init__(self, cfg, worker_index=0, seed=0, num_cpus=1, weights_holder=None, inference=None):
         """cfg: a configs.Config or its dict form (what travels to a Ray actor); num_cpus: the CPUs
         Ray gave this actor, which size ALE's thread pool when env.num_threads is 0;
-        weights_holder: the Ray actor (runtime.weights.WeightsHolder) each rollout fetches the
-        newest weights from when it starts; inference: an actors.inference.InferenceServer actor
-        to act for this worker (run.inference=central), which then only steps its envs."""
+        weights_holder: the Ray actor (runtime.weights.WeightsHolder), or its name, each rollout
+        fetches the newest weights from when it starts; inference: an actors.inference.InferenceServer
+        actor, or its name, to act for this worker (run.inference=central), which then only steps
+        its envs."""
         cfg = config_from_dict(cfg) if isinstance(cfg, dict) else cfg
         torch.set_num_threads(1)      # inference on a few envs: threads would only contend with ALE's
         torch.manual_seed(seed)       # action sampling
         self.index = worker_index
-        self.holder, self.server = weights_holder, inference
+        self.holder, self.server = resolve_actor(weights_holder), resolve_actor(inference)
         self.requests = collections.deque()    # central: (ids, k, t, request) in the order sent
         self.T = cfg.learner.unroll_length
         threads = cfg.env.num_threads or max(1, int(num_cpus))

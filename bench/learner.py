@@ -55,11 +55,12 @@ class Producer:
     version it fetched from the holder, as a real worker does."""
 
     def __init__(self, cfg, worker_index=0, seed=0, num_cpus=1, weights_holder=None):
+        from actors import resolve_actor
         from configs import config_from_dict
         cfg = config_from_dict(cfg) if isinstance(cfg, dict) else cfg
         T, N, A = cfg.learner.unroll_length, cfg.env.num_envs, 6
         g = np.random.default_rng(seed)
-        self.holder, self.version = weights_holder, -1
+        self.holder, self.version = resolve_actor(weights_holder), -1   # the service passes its name
         core_state = Learner(cfg, gym.spaces.Box(0, 255, (4, 84, 84), np.uint8), A, 4).agent.initial_state(N)
         self.rollout_ = {
             "frames": g.integers(0, 256, (T + 1, N, 84, 84), dtype=np.uint8),

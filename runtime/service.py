@@ -30,6 +30,7 @@ import math
 import queue
 import threading
 import time
+import uuid
 from collections import defaultdict
 
 import numpy as np
@@ -68,15 +69,19 @@ class LearnerService:
         # The holder lives on the learner's node (it goes when the learner goes anyway) and comes
         # back empty if it is lost: workers then keep their weights until the next publication.
         here = ray.get_runtime_context().get_node_id()
+        # The restartable actors get the holder and the inference server by name, not by handle
+        # (actors.resolve_actor says why); the names are this service's own.
+        self.names = {role: f"{role}-{uuid.uuid4().hex}" for role in ("weights-holder", "inference-server")}
         self.holder = ray.remote(WeightsHolder).options(
-            num_cpus=0, max_restarts=-1,
+            name=self.names["weights-holder"], num_cpus=0, max_restarts=-1,
             scheduling_strategy=ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(here, soft=False)).remote()
         self.server = self._start_inference(cfg) if rc.inference == "central" else None
         # SPREAD: actors over the nodes, so that a lost node takes few of them.
         worker = ray.remote(worker_cls).options(
             num_cpus=rc.actor_cpus, max_restarts=-1, max_task_retries=0, scheduling_strategy="SPREAD")
-        self.workers = [worker.remote(cfg, i, worker_seed(rc.seed, i, cfg.env.num_envs), rc.actor_cpus, self.holder,
-                                      **({"inference": self.server} if self.server is not None else {}))
+        central = {"inference": self.names["inference-server"]} if self.server is not None else {}
+        self.workers = [worker.remote(cfg, i, worker_seed(rc.seed, i, cfg.env.num_envs), rc.actor_cpus,
+                                      self.names["weights-holder"], **central)
                         for i in range(rc.num_actors)]
         info = ray.get(self.workers[0].info.remote())
         self.num_envs = info["num_envs"]
@@ -135,7 +140,8 @@ class LearnerService:
         concurrency = cfg.run.num_actors * cfg.env.env_batches + 8
         return ray.remote(InferenceServer).options(
             num_cpus=cfg.run.inference_cpus, num_gpus=cfg.run.inference_gpus, max_concurrency=concurrency,
-            max_restarts=-1, scheduling_strategy="DEFAULT").remote(cfg, space, actions, self.holder, cfg.run.seed)
+            max_restarts=-1, scheduling_strategy="DEFAULT", name=self.names["inference-server"]).remote(
+                cfg, space, actions, self.names["weights-holder"], cfg.run.seed)
 
     def inference_stats(self):
         return None if self.server is None else ray.get(self.server.stats.remote())

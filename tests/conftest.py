@@ -24,3 +24,19 @@ def ray_session():
     cluster.start_ray(load_config("cartpole", ["run.num_actors=3"]))
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def restart_args_errors():
+    """A function returning the lines of the running Ray session's logs (each process's stderr and
+    core-worker log) in which Ray says a restartable actor was created with an actor handle among its
+    arguments (ray-project/ray#53727): the service passes names instead (actors.resolve_actor)."""
+    from pathlib import Path
+
+    import ray
+
+    def read():
+        logs = Path(ray._private.worker.global_worker.node.get_logs_dir_path())
+        text = "".join(p.read_text(errors="replace") for p in logs.rglob("*") if p.is_file())
+        return [line for line in text.splitlines() if "has constructor arguments in the object store" in line]
+    return read

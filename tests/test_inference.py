@@ -94,7 +94,8 @@ def test_a_bad_request_gets_a_clear_error_and_the_others_are_served(ray_session)
     ray.kill(server)
 
 
-def test_training_through_central_inference_learns_cartpole_and_survives_a_killed_actor(tmp_path, ray_session):
+def test_training_through_central_inference_learns_cartpole_and_survives_a_killed_actor(tmp_path, ray_session,
+                                                                                          restart_args_errors):
     from runtime.driver import Training
     cfg = load_config("cartpole", ["run.inference=central", "run.total_frames=150000", "run.log_interval_s=2",
                                    "model.core=lstm", f"run.logdir={tmp_path}"])
@@ -108,3 +109,4 @@ def test_training_through_central_inference_learns_cartpole_and_survives_a_kille
     summary = Training(cfg).run(progress=False, on_report=kill_one)
     assert killed and summary["frames"] >= 150000
     assert summary["final_return"] > 60, summary          # random play: ~22
+    assert not restart_args_errors()                     # holder and server passed by name

@@ -80,7 +80,7 @@ def _obs_space(cfg):
     return space
 
 
-def test_a_killed_actor_is_restarted_and_the_run_finishes(tmp_path):
+def test_a_killed_actor_is_restarted_and_the_run_finishes(tmp_path, restart_args_errors):
     logdir = tmp_path / "kill"
     cfg = load_config("cartpole", ["run.total_frames=60000", "run.log_interval_s=1",
                                    f"run.logdir={logdir}"])
@@ -96,6 +96,8 @@ def test_a_killed_actor_is_restarted_and_the_run_finishes(tmp_path):
     assert max(v for _, v in restarts) >= 1
     # Frames kept coming after the kill.
     assert max(s for s, _ in restarts) > killed[0]
+    # The restarted actor found the weights holder by name; Ray had nothing to warn about.
+    assert not restart_args_errors()
 
 
 @pytest.mark.parametrize("core", ["lstm", "rdn"])
