@@ -6,10 +6,12 @@
 # same for both cores; --eval-episodes 0 spends the compute on runs instead of a post-hoc eval.
 # The training code is frozen for the whole study: run it from a worktree of the study's commit, so
 # that work on main cannot reach the runs, writing into main's bench/atari_study:
-#   git worktree add /work/study <commit> && STUDY=$PWD/bench/atari_study /work/study/bench/atari_study/run.sh
+#   git worktree add /work/study <commit>
+#   rm -r /work/study/bench/atari_study && ln -s $PWD/bench/atari_study /work/study/bench/atari_study
+#   /work/study/bench/atari_study/run.sh
 set -euo pipefail
-STUDY=${STUDY:-$(cd "$(dirname "$0")" && pwd)}
 cd "$(dirname "$0")/../.."
+STUDY=bench/atari_study
 GAMES="ALE/Pong-v5 ALE/Breakout-v5 ALE/Boxing-v5 ALE/SpaceInvaders-v5 ALE/Seaquest-v5 ALE/Qbert-v5"
 for seeds in 1 2 3; do
   python3 launch.py compare --config atari_cpu --envs $GAMES --cores lstm rdn --seeds $seeds \
