@@ -9,9 +9,12 @@ Each run is an ordinary run directory, DIR/<env id, '/' -> '_'>/<core>/seed<k> (
 works on it), so `tensorboard --logdir DIR` overlays them all.
 
 Re-running the same command finishes what is missing, run by run, from what is on disk:
-  done     its checkpoint reached the total frames   -> skipped (evaluated if eval.json is missing)
+  done     its checkpoint (or, with the checkpoint gone, its result.json) reached the total frames
+                                                      -> skipped (evaluated if eval.json is missing
+                                                         and the checkpoint is there)
   partial  a checkpoint short of the total            -> resumed (train --resume semantics)
-  stale    config.yaml but no checkpoint (killed before its first save) -> started afresh
+  stale    config.yaml but no checkpoint (killed before its first save, or only its small files
+           kept, short of the budget)                 -> started afresh
   new      nothing there                              -> trained
 A run whose config.yaml differs from what the command asks for (other than the frame budget) is
 refused: the comparison would silently mix settings.
@@ -39,6 +42,7 @@ from learner import checkpoint
 from runtime import cluster
 from runtime.driver import RunDir, Training, env_dirname
 
+from . import report
 from .evaluate import eval_seed, evaluate
 # Keys that may differ between a run on disk and the command that continues it.
 FREE_KEYS = {"run.total_frames", "run.logdir", "run.log_interval_s", "run.checkpoint_interval_s"}
@@ -81,10 +85,10 @@ def status(run):
     if not saved.is_file():
         return "new"
     _check_same_config(run, load_config(saved))
-    if not ckpt.is_file():
+    result = report.run_result(run.dir)   # the checkpoint's counters, else the kept result.json's
+    if result is None or (not ckpt.is_file() and result["frames"] < run.cfg.run.total_frames):
         return "stale"
-    frames = checkpoint.read(ckpt)["counters"]["frames"]
-    return "done" if frames >= run.cfg.run.total_frames else "partial"
+    return "done" if result["frames"] >= run.cfg.run.total_frames else "partial"
 
 
 def _check_same_config(run, saved):
@@ -143,6 +147,10 @@ def run_grid(runs, address=None, parallel=1, eval_episodes=10, eval_greedy=False
         return actions
     for run in runs:
         seed = eval_seed(run.seed)
+        if not (run.dir / "checkpoint.pt").is_file():   # only its small files were kept
+            if eval_episodes > 0 and not (run.dir / "eval.json").is_file():
+                log(f"compare: {run.dir} is done but its checkpoint is gone: not evaluated")
+            continue
         if _needs_eval(run, eval_episodes, eval_greedy, seed, eval_protocol):
             result = evaluate(run.dir, eval_episodes, greedy=eval_greedy, seed=seed, protocol=eval_protocol)
             log(f"compare: {run.dir}: evaluation over {result['episodes']} episodes: "
@@ -166,6 +174,7 @@ def _train_in_turn(todo, states, address, progress, actions, log):
                     "(checkpoint saved); run the same command again to finish")
                 return
             actions[run.dir] = "resumed" if resume else "trained"
+            report.record(run.dir)
     finally:
         if started:
             ray.shutdown()
@@ -233,6 +242,7 @@ def _train_side_by_side(todo, states, address, parallel, actions, log):
                     log(f"compare: {run.dir} stopped short of its frame budget; see {run.dir / 'train.log'}")
                 else:
                     actions[run.dir] = "resumed" if states[run.dir] == "partial" else "trained"
+                    report.record(run.dir)
     except KeyboardInterrupt:
         log(f"compare: interrupted; asking {len(procs)} runs to save a checkpoint and stop")
         for proc, run in procs.items():

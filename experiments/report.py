@@ -5,10 +5,18 @@
                        difference to and ratio to the LSTM; for Atari also human-normalised scores
                        and, across games, median and IQM
 - DIR/curves_<env>.png return against frames, one line per core with its 95% CI band
+- DIR/aggregate.png    (Atari, two cores or more) IQM of the human-normalised scores per core and
+                       the probability of improvement over the LSTM, each with its 95% CI
 
 The score of a run is its final return: the mean of its last 100 training episodes (raw game score
-of whole games), as `train` reports it. Only complete runs (checkpoint at the run's frame budget)
-enter the statistics. Confidence intervals are rliable's: a percentile bootstrap over runs,
+of whole games), as `train` reports it. Only complete runs (at the run's frame budget) enter the
+statistics.
+
+Everything here is rebuilt from a run's small files alone: config.yaml, episodes.csv, eval.json and
+result.json (its frames, wall time and last 100 returns, written from the checkpoint when a run
+finishes or is summarised). So a study can keep those few kilobytes per run (in git, say) and drop
+the checkpoints; where a checkpoint is there, it is the authority and result.json is refreshed from
+it. Confidence intervals are rliable's: a percentile bootstrap over runs,
 stratified by game (Agarwal et al. 2021); the resampling is seeded, so a rebuild gives identical files.
 """
 import csv
@@ -22,14 +30,16 @@ import yaml
 from configs.errors import Error
 from fwp_core import CORES
 from learner import checkpoint
-from runtime.driver import env_dirname
+from runtime.driver import RETURN_WINDOW, env_dirname
 
 from .atari_scores import human_normalized, scored_game
+from .values import dotted, format_value
 
 REPS = 10_000           # bootstrap resamples for the tables
+IMPROVEMENT_REPS = 2_000   # for P(X > Y): rliable's estimator runs scipy's Mann-Whitney U per game (~1 ms)
 CURVE_REPS = 2_000      # per point of a curve
 CURVE_POINTS = 60
-WINDOW = 100            # episodes in a final return / a point of a curve
+WINDOW = RETURN_WINDOW  # episodes in a final return / a point of a curve: train's own
 COLUMNS = ["env", "core", "seed", "frames", "total_frames", "complete", "final_return", "eval_return",
            "eval_episodes", "wall_time_s", "frames_per_s", "run_dir"]
 
@@ -40,18 +50,52 @@ class ReportError(Error):
 
 # -- collecting runs ----------------------------------------------------------------------------
 
+RESULT = "result.json"
+
+
 def find_runs(outdir):
-    """Run directories under outdir (DIR/<env>/<core>/seed<k> holding config.yaml and checkpoint.pt)."""
-    return sorted(p.parent for p in Path(outdir).glob("*/*/seed*/checkpoint.pt"))
+    """Run directories under outdir (DIR/<env>/<core>/seed<k> holding config.yaml and a checkpoint.pt
+    or a result.json)."""
+    found = {p.parent for name in ("checkpoint.pt", RESULT) for p in Path(outdir).glob(f"*/*/seed*/{name}")}
+    return sorted(d for d in found if (d / "config.yaml").is_file())
+
+
+def run_result(run_dir):
+    """{frames, wall_time_s, recent_returns} of a run: from its checkpoint where there is one, else
+    from its result.json; None where neither is there."""
+    run_dir = Path(run_dir)
+    if (run_dir / "checkpoint.pt").is_file():
+        payload = checkpoint.read(run_dir / "checkpoint.pt")
+        extra = payload["extra"]
+        return {"frames": int(payload["counters"]["frames"]),
+                "wall_time_s": float(extra.get("wall_time_s", 0.0)),
+                "recent_returns": [float(x) for x in extra.get("recent_returns", [])]}
+    if (run_dir / RESULT).is_file():
+        saved = json.loads((run_dir / RESULT).read_text())
+        return {k: saved[k] for k in ("frames", "wall_time_s", "recent_returns")}
+    return None
+
+
+def record(run_dir):
+    """Write run_dir/result.json from the run's checkpoint (when it differs from what is there), so
+    the run can be reported after its checkpoint is gone. Returns whether it wrote."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "checkpoint.pt").is_file():
+        return False
+    result = run_result(run_dir)
+    path = run_dir / RESULT
+    if path.is_file() and json.loads(path.read_text()) == result:
+        return False
+    checkpoint.atomic_write(path, json.dumps(result, indent=1) + "\n")
+    return True
 
 
 def read_run(run_dir, outdir):
-    """One results.csv row (a dict) from a run directory's config.yaml, checkpoint and eval.json."""
+    """One results.csv row (a dict) from a run directory's config.yaml, result (run_result) and
+    eval.json."""
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    payload = checkpoint.read(run_dir / "checkpoint.pt")
-    frames, extra = payload["counters"]["frames"], payload["extra"]
-    recent = list(extra.get("recent_returns", []))
-    wall = float(extra.get("wall_time_s", 0.0))
+    result = run_result(run_dir)
+    frames, recent, wall = result["frames"], result["recent_returns"], result["wall_time_s"]
     row = {"env": cfg["env"]["id"], "core": cfg["model"]["core"], "seed": int(cfg["run"]["seed"]),
            "frames": frames, "total_frames": int(cfg["run"]["total_frames"]),
            "complete": frames >= int(cfg["run"]["total_frames"]),
@@ -75,7 +119,8 @@ def _core_order(core):
 def collect(outdir):
     rows = [read_run(d, Path(outdir)) for d in find_runs(outdir)]
     if not rows:
-        raise ReportError(f"no runs under {outdir} (looked for {outdir}/<env>/<core>/seed<k>/checkpoint.pt)")
+        raise ReportError(f"no runs under {outdir} (looked for {outdir}/<env>/<core>/seed<k>/ with config.yaml "
+                          "and checkpoint.pt or result.json)")
     return sorted(rows, key=lambda r: (r["env"], _core_order(r["core"]), r["seed"]))
 
 
@@ -136,6 +181,37 @@ def aggregate_ci(matrix, reps=REPS):
     stack = lambda *g: np.stack(g, axis=1)   # noqa: E731  back to runs x games
     return {"median": _bootstrap(games, lambda *g: metrics.aggregate_median(stack(*g)), reps),
             "iqm": _bootstrap(games, lambda *g: metrics.aggregate_iqm(stack(*g)), reps)}
+
+
+def improvement_ci(x, y, reps=IMPROVEMENT_REPS):
+    """P(X > Y) of two runs x games matrices, with its 95% CI: rliable.metrics.probability_of_improvement
+    (per game, the chance that a run of X scores above a run of Y, ties counting half; averaged over
+    games), each game's runs of each side resampled on their own."""
+    from rliable import metrics
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    n = x.shape[1]
+    return _bootstrap([*x.T, *y.T], lambda *g: metrics.probability_of_improvement(
+        np.stack(g[:n], axis=1), np.stack(g[n:], axis=1)), reps)
+
+
+def atari_aggregates(atari, reps=REPS):
+    """Across games, per core: {core: {"games", "seeds", "median", "iqm"}} and, for each core other
+    than the lstm, "improvement": P(core > lstm) on the games both have. `atari`: {core: {env:
+    [human-normalised score per seed]}}. A matrix keeps a core's games with complete runs, each cut to
+    the fewest seeds among them (rliable's estimators take runs x games)."""
+    def matrix(core, games):
+        seeds = min(len(atari[core][g]) for g in games)
+        return np.array([atari[core][g][:seeds] for g in games]).T
+
+    out = {}
+    for core in sorted(atari, key=_core_order):
+        games = sorted(atari[core])
+        m = matrix(core, games)
+        out[core] = {"games": len(games), "seeds": m.shape[0], **aggregate_ci(m, reps)}
+        shared = sorted(set(games) & set(atari.get("lstm", {})))
+        if core != "lstm" and shared:
+            out[core]["improvement"] = (len(shared), *improvement_ci(matrix(core, shared), matrix("lstm", shared), reps))
+    return out
 
 
 def curve(run_dir, grid):
@@ -211,7 +287,44 @@ def plot_curves(env, rows, outdir, path):
     plt.close(fig)
 
 
-def summary_markdown(rows, outdir):
+def plot_aggregate(agg, path):
+    """Two panels from atari_aggregates: each core's IQM of human-normalised scores, and each core's
+    probability of improvement over the lstm, with their 95% CIs."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    cores = list(agg)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8.0, 0.6 + 0.5 * len(cores)), dpi=100)
+    for ax, key, title in ((left, "iqm", "IQM of human-normalised score"),
+                           (right, "improvement", "P(core > lstm)")):
+        shown = [c for c in cores if key in agg[c]]
+        points = np.array([agg[c][key][-3:] for c in shown]).reshape(-1, 3)   # point, low, high
+        y = np.arange(len(shown))
+        ax.errorbar(points[:, 0], y, xerr=[points[:, 0] - points[:, 1], points[:, 2] - points[:, 0]],
+                    fmt="o", capsize=4)
+        ax.set_yticks(y, [f"{c} ({agg[c]['games']} games x {agg[c]['seeds']})" for c in shown])
+        ax.set_ylim(-0.7, len(cores) - 0.3)
+        ax.set_title(title, fontsize="medium")
+        ax.grid(alpha=0.3, axis="x")
+    right.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+    right.set_xlim(0, 1)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def atari_scores(rows):
+    """{core: {env: [human-normalised final return per seed]}} of the complete runs of scored games."""
+    out = {}
+    for r in rows:
+        if r["complete"] and r["final_return"] is not None and scored_game(r["env"]) is not None:
+            out.setdefault(r["core"], {}).setdefault(r["env"], []).append(human_normalized(r["env"], r["final_return"]))
+    return out
+
+
+def summary_markdown(rows, outdir, agg=None):
+    """The summary's text; `agg`: atari_aggregates of the rows, where already computed."""
     lines = [f"# Comparison of cores: {Path(outdir).name}", "",
              f"Score: final return, the mean of the last {WINDOW} training episodes of a run (raw game "
              "score). Mean over seeds with its 95% CI: percentile bootstrap over seeds ("
@@ -219,7 +332,8 @@ def summary_markdown(rows, outdir):
              "independently. Ratio: mean / lstm mean (n/a unless the lstm mean is positive). Eval: "
              "mean over seeds of each run's evaluation return (eval.json). Only complete runs count.", ""]
     complete = [r for r in rows if r["complete"] and r["final_return"] is not None]
-    atari = {}   # core -> {env: [normalised scores]}
+    if agg is None:
+        agg = atari_aggregates(atari_scores(rows))
     for env in sorted({r["env"] for r in rows}):
         env_rows = [r for r in complete if r["env"] == env]
         lines += [f"## {env}", ""]
@@ -249,25 +363,26 @@ def summary_markdown(rows, outdir):
             if hns:
                 normalised = [human_normalized(env, s) for s in scores]
                 cells.append(_ci(*mean_ci(normalised)))
-                atari.setdefault(core, {})[env] = normalised
             evals = [r["eval_return"] for r in runs if r["eval_return"] is not None]
             cells.append(f"{_fmt(float(np.mean(evals)))} ({len(evals)} runs)" if evals else "n/a")
             rates = [r["frames_per_s"] for r in runs if r["frames_per_s"]]
             cells.append(f"{np.mean(rates):,.0f}" if rates else "n/a")
             lines.append("| " + " | ".join(cells) + " |")
         lines += ["", f"![curves](curves_{env_dirname(env)}.png)", ""]
-    if atari:
+    if agg:
         lines += ["## Atari: human-normalised, across games", "",
                   "Median and IQM (rliable's aggregate_median / aggregate_iqm) of runs x games; a core's "
-                  "games are those with complete runs, each cut to the fewest seeds among them.", "",
-                  "| core | games | seeds | median [95% CI] | IQM [95% CI] |", "|---|---|---|---|---|"]
-        for core in sorted(atari, key=_core_order):
-            games = sorted(atari[core])
-            seeds = min(len(atari[core][g]) for g in games)
-            matrix = np.array([atari[core][g][:seeds] for g in games]).T   # runs x games
-            agg = aggregate_ci(matrix)
-            lines.append(f"| {core} | {len(games)} | {seeds} | {_ci(*agg['median'])} | {_ci(*agg['iqm'])} |")
-        lines.append("")
+                  "games are those with complete runs, each cut to the fewest seeds among them. "
+                  "P(> lstm): rliable's probability_of_improvement over the games both cores have (the "
+                  "chance that a run of the core beats a run of the lstm on a game, averaged over games; "
+                  "0.5 = no difference). CIs: percentile bootstrap stratified by game.", "",
+                  "| core | games | seeds | median [95% CI] | IQM [95% CI] | P(> lstm) [95% CI] |",
+                  "|---|---|---|---|---|---|"]
+        for core, a in agg.items():
+            better = f"{_ci(*a['improvement'][1:])} ({a['improvement'][0]} games)" if "improvement" in a else "—"
+            lines.append(f"| {core} | {a['games']} | {a['seeds']} | {_ci(*a['median'])} | {_ci(*a['iqm'])} "
+                         f"| {better} |")
+        lines += ["", "![aggregate](aggregate.png)", ""] if len(agg) > 1 else [""]
     lines += settings_markdown(rows, outdir)
     partial = [r for r in rows if not r["complete"]]
     if partial:
@@ -292,7 +407,7 @@ def settings_markdown(rows, outdir):
             saved = Path(outdir) / r["run_dir"] / "config.yaml"
             if r["env"] == env and r["core"] not in by_core and saved.is_file():
                 cfg = yaml.safe_load(saved.read_text())
-                by_core[r["core"]] = {f"{s}.{k}": v for s, fields in cfg.items() for k, v in fields.items()}
+                by_core[r["core"]] = dotted(cfg)
         if not by_core:
             continue
         keys = sorted(k for k in set().union(*by_core.values()) - PER_RUN_KEYS
@@ -304,19 +419,26 @@ def settings_markdown(rows, outdir):
                   "| core | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
         for core in sorted(by_core, key=_core_order):
             values = [by_core[core].get(k) for k in keys]
-            lines.append(f"| {core} | " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v)
+            lines.append(f"| {core} | " + " | ".join(format_value(v)
                                                     for v in values) + " |")
         lines.append("")
     return lines
 
 
 def write_outputs(outdir):
-    """Write results.csv, summary.md and curves_<env>.png under outdir; returns their paths."""
+    """Write results.csv, summary.md, curves_<env>.png and aggregate.png under outdir (and each run's
+    result.json where its checkpoint is newer); returns the paths of the outputs."""
     outdir = Path(outdir)
+    for run_dir in find_runs(outdir):
+        record(run_dir)
     rows = collect(outdir)
+    agg = atari_aggregates(atari_scores(rows))
     written = [outdir / "results.csv", outdir / "summary.md"]
     write_results_csv(rows, written[0])
-    written[1].write_text(summary_markdown(rows, outdir))
+    written[1].write_text(summary_markdown(rows, outdir, agg))
+    if len(agg) > 1:
+        written.append(outdir / "aggregate.png")
+        plot_aggregate(agg, written[-1])
     for env in sorted({r["env"] for r in rows}):
         env_rows = [r for r in rows if r["env"] == env and r["complete"]]
         if env_rows:

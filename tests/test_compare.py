@@ -129,6 +129,34 @@ def test_rerun_skips_finished_runs_and_summarize_rebuilds_the_same_outputs(grid,
     assert (d / OUTPUTS[2]).is_file()
 
 
+def test_the_small_files_alone_rebuild_the_summary_and_count_as_done(grid, tmp_path, monkeypatch, capsys):
+    """A study keeps only config.yaml, episodes.csv, eval.json and result.json of each run (no
+    checkpoint, no events): --summarize rebuilds the same results.csv and summary.md from them, and
+    re-running the grid there trains, deletes and evaluates nothing."""
+    kept = tmp_path / grid["dir"].name          # the summary's title names the directory
+    for path in grid["dir"].glob("*/*/seed*/*"):
+        if path.name in ("config.yaml", "episodes.csv", "eval.json", "result.json"):
+            (kept / path.relative_to(grid["dir"])).parent.mkdir(parents=True, exist_ok=True)
+            (kept / path.relative_to(grid["dir"])).write_bytes(path.read_bytes())
+    assert len(list(kept.glob("*/*/seed*/result.json"))) == 4 and not list(kept.rglob("*.pt"))
+    # result.json holds what the checkpoint says (written when the run finished), not a copy of itself
+    for result in kept.glob("*/*/seed*/result.json"):
+        payload = checkpoint.read(grid["dir"] / result.relative_to(kept).parent / "checkpoint.pt")
+        saved = json.loads(result.read_text())
+        assert saved["frames"] == payload["counters"]["frames"]
+        assert saved["recent_returns"] == pytest.approx(payload["extra"]["recent_returns"])
+    assert launch.main(["compare", "--summarize", str(kept)]) == 0
+    for name in OUTPUTS[:2]:
+        assert (kept / name).read_bytes() == (grid["dir"] / name).read_bytes(), name
+    files = sorted(kept.glob("*/*/seed*/*"))
+    calls = []
+    monkeypatch.setattr(compare, "Training", lambda *a, **k: calls.append(a))
+    assert launch.main([*GRID, "--cores", "lstm", "linear_transformer", "--seeds", "2",
+                        "--total-frames", "3200", "--outdir", str(kept)]) == 0
+    assert calls == [] and sorted(kept.glob("*/*/seed*/*")) == files
+    assert "4 runs: 4 done, 0 to resume, 0 to start" in capsys.readouterr().out
+
+
 def test_a_run_with_another_config_is_refused(grid, capsys):
     assert launch.main([*GRID, "--cores", "lstm", "--seeds", "1", "--total-frames", "3200",
                         "--outdir", str(grid["dir"]), "--set", "learner.lr=0.5"]) == 2
@@ -243,27 +271,52 @@ def test_eval_refuses_missing_and_corrupt_checkpoints(grid, tmp_path, capsys):
     assert "--video films image observations (Atari); CartPole-v1 observes" in capsys.readouterr().err
 
 
-def test_eval_video_of_an_atari_game(tmp_path):
+def test_eval_video_films_the_games_colour_screen(tmp_path):
+    """eval --video films env 0's first game on the game's own colour screen, while the agent acts
+    on its grey stacks: against a raw colour AtariVectorEnv stepped by hand with the agent's actions
+    (greedy, made to always press action 2), the TensorBoard copy (a GIF: Pong's few colours survive
+    it) equals the screens exactly and the MP4 (lossy H.264, upscaled 2x) is close to them."""
     import imageio.v3 as iio
+    from ale_py.vector_env import AtariVectorEnv
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from actors.envs import make_env
     from learner import Learner
     from runtime.tensorboard import TensorBoardLogger
     cfg = load_config(overrides=[
-        "env.id=ALE/Pong-v5", "env.num_envs=1", "env.max_episode_frames=400", "model.torso=nature",
-        "model.core=lstm", "core.hidden_size=32", "model.hidden_size=32", f"run.logdir={tmp_path}"])
-    env = make_env(cfg.env, 2, 0)
-    Learner(cfg, env.observation_space, env.num_actions, 4).save(tmp_path / "checkpoint.pt")
+        "env.id=ALE/Pong-v5", "env.num_envs=1", "env.env_batches=1", "env.max_episode_frames=400",
+        "model.torso=nature", "model.core=lstm", "core.hidden_size=32", "model.hidden_size=32",
+        f"run.logdir={tmp_path}"])
+    env = make_env(cfg.env, 0)
+    learner = Learner(cfg, env.observation_space, env.num_actions, 4)
     env.close()
+    with torch.no_grad():
+        learner.agent.policy.bias[2] += 50.0          # greedy: always action 2 (RIGHT, Pong's up)
+    learner.save(tmp_path / "checkpoint.pt")
     TensorBoardLogger(tmp_path).close()   # the run "has TensorBoard events"
-    result = evaluate(tmp_path, 2, video=True)
+    result = evaluate(tmp_path, 2, video=True, greedy=True)
     assert result["lengths"] == [100, 100]          # the 400-frame cap = 100 agent steps
-    frames = iio.imread(tmp_path / "eval.mp4", index=None)
-    assert frames.shape == (100, 336, 336, 3)       # env 0's first game, upscaled 4x
+
+    ref = AtariVectorEnv("pong", 1, num_threads=1, autoreset_mode="SameStep", reward_clipping=False,
+                         grayscale=False, img_height=210, img_width=160, stack_num=1, max_num_frames_per_episode=400)
+    obs, _ = ref.reset(seed=EVAL_SEED)                # env 0 of the evaluation
+    screens = [obs[0, -1]]
+    for _ in range(99):
+        obs, *_ = ref.step(np.array([2]))
+        screens.append(obs[0, -1])
+    ref.close()
+    screens = np.stack(screens)                       # [100, 210, 160, 3]
+    assert screens.std(axis=(0, 1, 2)).min() > 10 and np.ptp(screens.mean(axis=(1, 2)), axis=1).max() > 50
+
     acc = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
     acc.Reload()
-    assert "eval/video" in acc.Tags()["images"]
+    gif = acc.Images("eval/video")[0].encoded_image_string
+    changed = [0] + [i for i in range(1, 100) if (screens[i] != screens[i - 1]).any()]   # GIFs merge repeats
+    assert len(changed) > 80
+    np.testing.assert_array_equal(iio.imread(gif, index=None)[..., :3], screens[changed])
+    video = iio.imread(tmp_path / "eval.mp4", index=None)
+    assert video.shape == (100, 420, 320, 3)          # env 0's first game, upscaled 2x
+    assert np.abs(video[:, ::2, ::2].astype(float) - screens).mean() < 3
 
 
 # -- statistics ---------------------------------------------------------------------------------
@@ -280,12 +333,16 @@ def test_mean_ci_matches_the_exact_bootstrap_distribution():
     assert report.mean_ci([3.0, 3.0]) == (3.0, 3.0, 3.0)
 
 
-def test_difference_ci_point_and_coverage():
-    a, b = np.array([1.0, 2.0, 3.0]), np.array([0.0, 0.5])
-    point, low, high = report.difference_ci(a, b)
-    assert point == pytest.approx(2.0 - 0.25)
-    # the extremes of the resampled differences: mean(a) in [1, 3], mean(b) in [0, 0.5]
-    assert 1.0 - 0.5 <= low < point < high <= 3.0
+def test_difference_ci_matches_the_exact_bootstrap_distribution():
+    """Both sides resampled independently: all 4^4 x 3^3 resamples enumerated, the exact 2.5% and
+    97.5% quantiles of the differences of their means against the summary's Monte-Carlo estimate."""
+    a, b = np.array([1.0, 2.0, 3.5, 6.0]), np.array([0.0, 0.5, 2.0])
+    means_a = np.array([np.mean(a[list(i)]) for i in itertools.product(range(4), repeat=4)])
+    means_b = np.array([np.mean(b[list(i)]) for i in itertools.product(range(3), repeat=3)])
+    lo, hi = np.quantile((means_a[:, None] - means_b[None, :]).ravel(), [0.025, 0.975])
+    point, low, high = report.difference_ci(a, b, reps=20_000)
+    assert point == pytest.approx(a.mean() - b.mean())
+    assert low == pytest.approx(lo, abs=0.08) and high == pytest.approx(hi, abs=0.08)
 
 
 def test_difference_ci_with_a_one_run_side():
@@ -304,14 +361,74 @@ def test_difference_ci_with_a_one_run_side():
     assert report.difference_ci([3.0], [1.0]) == (2.0, 2.0, 2.0)
 
 
-def test_iqm_and_median_of_known_numbers():
-    # runs x games: game 0 runs 1, 2, 3, 4; game 1 runs 5, 6, 7, 8 (all eight values 1..8).
-    m = np.array([[1, 5], [2, 6], [3, 7], [4, 8]], np.float64)
-    agg = report.aggregate_ci(m)
-    assert agg["iqm"][0] == pytest.approx((3 + 4 + 5 + 6) / 4)     # middle half of 1..8
-    assert agg["median"][0] == pytest.approx((2.5 + 6.5) / 2)       # median of the game means
-    for point, low, high in agg.values():
-        assert low <= point <= high
+def test_iqm_and_median_of_known_numbers_and_their_exact_bootstrap():
+    """Points by hand; intervals against the exact stratified bootstrap: each game's 4 runs
+    resampled on their own, all 4^4 x 4^4 resamples enumerated, the median of the two game means
+    and the IQM (mean of the middle 4 of the 8 values) of each, and their 2.5% and 97.5% quantiles."""
+    # runs x games: game 0 runs 1, 2, 3, 4; game 1 runs 5, 6, 7, 9.
+    m = np.array([[1, 5], [2, 6], [3, 7], [4, 9]], np.float64)
+    agg = report.aggregate_ci(m, reps=20_000)
+    assert agg["iqm"][0] == pytest.approx((3 + 4 + 5 + 6) / 4)     # middle half of the 8 values
+    assert agg["median"][0] == pytest.approx((2.5 + 6.75) / 2)      # median of the two game means
+    draws = np.array(list(itertools.product(range(4), repeat=4)))  # 256 resamples of one game's runs
+    g0, g1 = m[draws, 0], m[draws, 1]                              # [256, 4] each
+    both = np.concatenate([np.repeat(g0, 256, axis=0), np.tile(g1, (256, 1))], axis=1)   # [65536, 8]
+    exact = {"median": (both[:, :4].mean(1) + both[:, 4:].mean(1)) / 2,
+             "iqm": np.sort(both, axis=1)[:, 2:6].mean(1)}
+    for name, values in exact.items():
+        lo, hi = np.quantile(values, [0.025, 0.975])
+        point, low, high = agg[name]
+        assert low == pytest.approx(lo, abs=0.1) and high == pytest.approx(hi, abs=0.1), (name, low, high, lo, hi)
+
+
+def test_probability_of_improvement_by_hand_and_its_exact_bootstrap():
+    """P(X > Y) counted pair by pair (ties half), averaged over games; the CI against all 4^4
+    resamples of two games x two runs per side, enumerated."""
+    x = np.array([[1.0, 5.0], [2.0, 6.0]])       # runs x games
+    y = np.array([[0.0, 7.0], [3.0, 6.0]])
+
+    def by_hand(x, y):
+        per_game = [np.mean([1.0 if a > b else 0.5 if a == b else 0.0 for a in x[:, g] for b in y[:, g]])
+                    for g in range(x.shape[1])]
+        return np.mean(per_game)
+    # game 0: 1>0, 1<3, 2>0, 2<3 -> 0.5; game 1: 5<7, 5<6, 6<7, 6=6 -> 0.125
+    assert by_hand(x, y) == pytest.approx(0.3125)
+    point, low, high = report.improvement_ci(x, y)
+    assert point == pytest.approx(0.3125)
+    picks = list(itertools.product(range(2), repeat=2))
+    exact = [by_hand(np.stack([x[list(i), 0], x[list(j), 1]], 1), np.stack([y[list(k), 0], y[list(m), 1]], 1))
+             for i in picks for j in picks for k in picks for m in picks]
+    lo, hi = np.quantile(exact, [0.025, 0.975])
+    assert low == pytest.approx(lo, abs=0.03) and high == pytest.approx(hi, abs=0.03)
+
+
+def test_aggregate_figure_of_an_atari_study(tmp_path, monkeypatch):
+    """write_outputs from small files alone (as the study commits them) on two games: the summary's
+    P(> lstm) row and the aggregate figure. (Few resamples: only the points are checked here.)"""
+    bootstrap = report._bootstrap
+    monkeypatch.setattr(report, "_bootstrap", lambda samples, stat, reps: bootstrap(samples, stat, 100))
+    for env, scores in (("ALE/Pong-v5", {"lstm": [-20.0, -19.0], "rdn": [-10.0, -15.0]}),
+                        ("ALE/Breakout-v5", {"lstm": [10.0, 12.0], "rdn": [11.0, 9.0]})):
+        for core, finals in scores.items():
+            for seed, final in enumerate(finals):
+                d = tmp_path / env.replace("/", "_") / core / f"seed{seed}"
+                d.mkdir(parents=True)
+                cfg = load_config("atari_cpu", [f"env.id={env}", f"model.core={core}", f"run.seed={seed}",
+                                                "run.total_frames=1000"])
+                RunDir(d).write_config(cfg)
+                (d / "episodes.csv").write_text("frames,return,length\n" + "".join(
+                    f"{100 * (i + 1)},{final},50\n" for i in range(10)))
+                (d / "result.json").write_text(json.dumps(
+                    {"frames": 1000, "wall_time_s": 2.0, "recent_returns": [final] * 10}))
+    written = report.write_outputs(tmp_path)
+    assert tmp_path / "aggregate.png" in written
+    assert (tmp_path / "aggregate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = (tmp_path / "summary.md").read_text()
+    rdn = next(line for line in text.splitlines() if line.startswith("| rdn | 2 | 2 |"))
+    # Pong: rdn's two runs beat both lstm runs (1.0); Breakout: 11 beats 10 only, 9 neither (0.25)
+    assert "| 0.625 [" in rdn and "(2 games) |" in rdn, rdn
+    rows = _rows(tmp_path / "results.csv")
+    assert {r["frames_per_s"] for r in rows} == {"500.0"}
 
 
 def test_human_normalised_scores():
