@@ -77,12 +77,16 @@ def run_result(run_dir):
 
 
 def record(run_dir):
-    """Write run_dir/result.json from the run's checkpoint (when it differs from what is there), so
-    the run can be reported after its checkpoint is gone. Returns whether it wrote."""
+    """Write run_dir/result.json from the run's checkpoint once it reached the run's frame budget
+    (and differs from what is there), so the run can be reported after its checkpoint is gone.
+    Returns whether it wrote."""
     run_dir = Path(run_dir)
     if not (run_dir / "checkpoint.pt").is_file():
         return False
     result = run_result(run_dir)
+    total = int(yaml.safe_load((run_dir / "config.yaml").read_text())["run"]["total_frames"])
+    if result["frames"] < total:
+        return False
     path = run_dir / RESULT
     if path.is_file() and json.loads(path.read_text()) == result:
         return False
