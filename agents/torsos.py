@@ -12,7 +12,7 @@ Each torso ends on a pre-activation (the agent applies the ReLU), as torchbeast'
 import torch
 from torch import nn
 
-TORSOS = ("auto", "nature", "impala_resnet", "mlp")
+from .options import TORSOS
 
 
 class NatureTorso(nn.Module):

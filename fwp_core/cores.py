@@ -7,55 +7,12 @@ and the next state. `reset[t, b]` puts sequence b's state back to its initial va
     y, state = core(x, core.initial_state(batch_size), reset)
 """
 import dataclasses
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from .layers import FEATURE_MAPS, RDN_INITS, FastWeightLayer, FeedForward
-
-# Core name -> fast-weight rule (None: the LSTM baseline).
-CORES = {
-    "lstm": None,
-    "linear_transformer": "sum_rule",
-    "delta_net": "delta_rule",
-    "delta_rnn": "delta_rnn",
-    "rdn": "rdn",
-    "delta_lstm": "delta_lstm",
-}
-
-
-def config_field(default, help, choices=None):
-    """A dataclass field with its meaning and, if given, its valid values (the project's config
-    dataclasses use it: `launch.py config` lists the meanings, the config loader checks choices)."""
-    meta = {"help": help} if choices is None else {"help": help, "choices": tuple(choices)}
-    return field(default=default, metadata=meta)
-
-
-_f = config_field
-
-
-@dataclass
-class CoreConfig:
-    """Sizes and options of the cores; defaults are the paper's RL block and its LSTM baseline."""
-    d_model: int = _f(128, "RFWP: width of the residual stream")
-    num_layers: int = _f(2, "RFWP: fast-weight layers (each followed by a feed-forward block)")
-    num_heads: int = _f(4, "RFWP: heads per fast-weight layer")
-    head_dim: int = _f(32, "RFWP: per-head key/value size D (fast weights are D x D per head)")
-    ff_dim: int = _f(512, "RFWP: hidden width of the feed-forward blocks")
-    feature_map: str = _f("paper", "RFWP: the map of q and k. paper: each rule's map in the paper's code "
-                          "(elu+1 divided by its sum + 1e-5 for linear_transformer, delta_net and delta_lstm's "
-                          "feed-forward q, k; softmax inside rdn and delta_rnn); softmax or elu_p1 where the "
-                          "map is outside the recurrence", FEATURE_MAPS)
-    truncate_fast_weight_grad: bool = _f(False, "RFWP: no gradient through the fast weights and the previous "
-                                         "output across steps (the paper's RL code); false: full BPTT over "
-                                         "the unroll")
-    fw_bias: bool = _f(True, "RFWP: biases in the slow nets and output projections of the fast-weight "
-                       "layers (the paper's have none)")
-    rdn_init: str = _f("small", "RFWP rdn: R_q, R_k, R_v ~ N(0, 0.01/D) and r_b = 0 (small), or all "
-                       "~ N(0, 1/D) (paper)", RDN_INITS)
-    hidden_size: int = _f(256, "LSTM: hidden size")
-    lstm_layers: int = _f(1, "LSTM: layers")
+from .layers import FastWeightLayer, FeedForward
+from .options import CORES, FEATURE_MAPS, CoreConfig
 
 
 class Core(nn.Module):
@@ -170,9 +127,9 @@ def make_core(name, input_size, **config):
     unknown = sorted(set(config) - fields)
     if unknown:
         raise ValueError(f"unknown core option(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
+    if config.get("feature_map", "paper") not in FEATURE_MAPS:
+        raise ValueError(f"unknown feature_map {config['feature_map']!r}; choose one of {', '.join(FEATURE_MAPS)}")
     cfg = CoreConfig(**config)
-    if cfg.feature_map not in FEATURE_MAPS:
-        raise ValueError(f"unknown feature_map {cfg.feature_map!r}; choose one of {', '.join(FEATURE_MAPS)}")
     if CORES[name] is None:
         return LSTMCore(input_size, cfg)
     return RFWPCore(CORES[name], input_size, cfg)

@@ -11,16 +11,13 @@ from torch.nn import functional as F
 
 from . import ops
 from .ops.delta_rule.naive import delta_update
+from .options import FEATURE_MAPS, RDN_INITS
 
 RULES = ("sum_rule", "delta_rule", "rdn", "delta_rnn", "delta_lstm")
-# "paper": each rule's map in the paper's code: elu_p1 for sum_rule and delta_rule (RL code) and for
-# delta_lstm's feed-forward q, k (its LM code); softmax for rdn and delta_rnn, whose maps see the
-# recurrence. softmax and elu_p1 are selectable where the map sits outside the recurrence.
-FEATURE_MAPS = ("paper", "softmax", "elu_p1")
+# FEATURE_MAPS' "paper" (options.py): each rule's map in the paper's code.
 PAPER_FEATURE_MAP = {"sum_rule": "elu_p1", "delta_rule": "elu_p1", "rdn": "softmax", "delta_rnn": "softmax",
                      "delta_lstm": "elu_p1"}
 ELU_P1_EPS = 1e-5   # the paper's RL code: elu(x) + 1 divided by (its sum + 1e-5)
-RDN_INITS = ("small", "paper")
 
 
 def feature_map(x, kind):

@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from configs import load_config
-from runtime.driver import check_config
+from configs import check_config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "bench" / "ablation_breakout.yaml"

@@ -85,7 +85,8 @@ def test_observation_norm_never_writes_into_the_callers_observations(torso, spac
     observations (a POPGym vector, float frames) come back untouched, and the outputs match an
     agent given a copy."""
     import gymnasium as gym
-    cfg = tiny_config("lstm", "model.obs_norm=true", f"model.torso={torso}")
+    cfg = tiny_config("lstm", "model.obs_norm=true", f"model.torso={torso}",
+                      f"env.id={'CartPole-v1' if torso == 'mlp' else 'ALE/Pong-v5'}")   # an env it fits
     float_space = gym.spaces.Box(-1e3, 1e3, space.shape, np.float32)
     agent = make_agent(float_space, NUM_ACTIONS, cfg)
     obs, reward, reset, state, _ = _sequence(agent, 3, 2)
@@ -120,8 +121,10 @@ def test_auto_torso_and_layout_errors():
     import gymnasium as gym
     with pytest.raises(ValueError, match=r"torso 'auto' takes images .* got an observation of shape \(3, 4\)"):
         make_agent(gym.spaces.Box(0, 1, (3, 4)), 4, tiny_config("lstm"))
+    cfg = tiny_config("lstm")
+    cfg.model.torso = "mlp"   # configs refuses mlp with an Atari env.id; the agent checks the space itself
     with pytest.raises(ValueError, match=r"torso 'mlp' needs a flat vector \[F\], got an observation of shape \(4, 20, 20\)"):
-        make_agent(image_space(), 4, tiny_config("lstm", "model.torso=mlp"))
+        make_agent(image_space(), 4, cfg)
     with pytest.raises(ValueError, match="num_actions must be a positive integer, got 0"):
         make_agent(VECTOR, 0, tiny_config("lstm"))
 

@@ -225,7 +225,8 @@ def test_epochs_and_minibatches_are_that_many_steps_on_the_sub_batches():
         assert stats[key] == pytest.approx(np.mean([s[key] for s in single_stats]), rel=1e-5, abs=1e-7)
     assert reuse.step(batch)["learner/lr"] == pytest.approx(6e-4 / 2)   # half the budget consumed
     with pytest.raises(ValueError, match=r"the batch's 4 sequences must split into minibatches evenly"):
-        Learner(tiny_config("rdn", "learner.minibatches=3"), VECTOR, NUM_ACTIONS).step(batch)
+        # (a config of B=3 in 3 minibatches, handed a batch of 4: configs refuses a B that 3 does not divide)
+        Learner(tiny_config("rdn", "learner.batch_size=3", "learner.minibatches=3"), VECTOR, NUM_ACTIONS).step(batch)
 
 
 def test_observation_norm_keeps_exact_running_statistics_and_travels_with_the_weights():
