@@ -60,11 +60,11 @@ def poisoned(monkeypatch):
     return proxies
 
 
-def _run(op, args, state, reset, backend, state_grad, seed=0, truncate=False):
+def _run(op, args, state, reset, backend, state_grad, seed=0, truncate=False, device=None):
     """Outputs (y and the final state) and the gradients of a random linear functional of all of
     them (so every output element matters) w.r.t. the inputs and, if state_grad, the state (zeros
-    where it gets none)."""
-    device = DEVICE if backend == "triton" else "cpu"
+    where it gets none). The reference runs on the CPU unless `device` says otherwise."""
+    device = device or (DEVICE if backend == "triton" else "cpu")
     args = [a.detach().to(device).requires_grad_() for a in args]
     if state is not None:
         state = [s.detach().to(device).requires_grad_(state_grad) for s in state]
@@ -73,16 +73,21 @@ def _run(op, args, state, reset, backend, state_grad, seed=0, truncate=False):
                                 backend=backend, truncate=truncate)
     outs = [y, *as_tuple(final)]
     g = torch.Generator().manual_seed(seed)
-    loss = sum((o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum() for o in outs)
+    loss = sum((o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.device)).sum()
+               for o in outs)
     wrt = args + (state if state is not None and state_grad else [])
     grads = torch.autograd.grad(loss, wrt, allow_unused=truncate)
     grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, wrt)]
     return [o.cpu() for o in outs], [g.cpu() for g in grads]
 
 
+def _rel_err(got, want):
+    return ((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-300)).item()
+
+
 def _check(got, want, tol, what):
     assert torch.isfinite(got).all(), f"{what}: non-finite elements (one the kernel never wrote?)"
-    err = ((got.double() - want).norm() / want.norm().clamp_min(1e-300)).item()
+    err = _rel_err(got, want)
     assert err <= tol, f"{what}: relative error {err:.2e} > {tol:.0e}"
 
 
@@ -211,7 +216,7 @@ def test_core_forward_backward_with_triton_equals_reference(name, monkeypatch):
     for backend in ("reference", "triton"):
         monkeypatch.setenv("FWP_BACKEND", backend)
         y, final = core(x, state, reset)
-        loss = (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum() + sum(
+        loss = (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype, device=y.device).view_as(y)).sum() + sum(
             (s * 0.5).sum() for s in final)
         results.append([y, *final, *torch.autograd.grad(loss, list(core.parameters()))])
     for i, (a, b) in enumerate(zip(results[1], results[0])):
@@ -254,3 +259,51 @@ def test_kernels_compile_for_an_h100():
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "all 8 kernels compiled" in done.stdout, done.stdout[-3000:]
+
+
+# bench/gpu_check.sh, step 2: on CUDA, every op at the sizes the agent runs (the paper's RL shape, a
+# large one, and head dims 16 and 48, whose blocks are padded), forward and backward against the
+# float64 reference on the same device, float32 and bf16 inputs, truncation off and on, with resets
+# and an initial state that gets a gradient. Skipped unless FWP_GPU_CHECK=1: at these sizes it needs
+# a GPU. Without CUDA (the script's --dry-run) each size is a stand-in the interpreter can afford, so
+# the dry run proves this code. With FWP_GPU_CHECK_ERRORS=<file>, each case appends its errors there
+# as a tab-separated line (the script's table of them).
+GPU_CHECK = os.environ.get("FWP_GPU_CHECK") == "1"
+GPU_SIZES = {   # T, B, H, D
+    "rl": (50, 32, 4, 32), "large": (80, 256, 8, 64), "D16": (20, 8, 2, 16), "D48": (20, 8, 2, 48)}
+STAND_INS = {"rl": (4, 2, 2, 4), "large": (4, 3, 2, 8), "D16": (3, 2, 1, 2), "D48": (3, 2, 1, 6)}
+
+
+@pytest.mark.skipif(not GPU_CHECK, reason="bench/gpu_check.sh's step (FWP_GPU_CHECK=1): sizes for a GPU")
+@pytest.mark.parametrize("truncate", [False, True], ids=["bptt", "truncated"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("size", GPU_SIZES)
+@pytest.mark.parametrize("op", OPS)
+def test_gpu_check_sizes_match_reference(op, size, dtype, truncate):
+    T, B, H, D = GPU_SIZES[size] if DEVICE == "cuda" else STAND_INS[size]
+    args, state, reset = random_case(op, T, B, H, D, seed=D + T, reset_p=0.05)
+    reset[0, 0] = reset[T // 2, B - 1] = True                 # at least one inside the sequence
+    args = [a.to(dtype) for a in args]                         # the values both backends see
+    state = [s.float() for s in state]
+    outs, grads = _run(op, args, state, reset, "triton", True, truncate=truncate)
+    ref_outs, ref_grads = _run(op, [a.double() for a in args], [s.double() for s in state], reset,
+                               "reference", True, truncate=truncate, device=DEVICE)
+    n_in = len(args)
+    for g, r in zip(grads[n_in:], ref_grads[n_in:]):
+        if truncate:                                           # the initial state: exactly none
+            assert torch.count_nonzero(g) == 0 and torch.count_nonzero(r) == 0, f"{op}: state gradient"
+    if truncate:
+        grads, ref_grads = grads[:n_in], ref_grads[:n_in]
+    out_err = max(_rel_err(a, b) for a, b in zip(outs, ref_outs))
+    grad_err = max(_rel_err(a, b) for a, b in zip(grads, ref_grads))
+    finite = all(torch.isfinite(x).all() for x in outs + grads)
+    record = os.environ.get("FWP_GPU_CHECK_ERRORS")
+    if record:
+        with open(record, "a") as f:
+            f.write(f"{op}\t{size}\t{T}x{B}x{H}x{D}\t{str(dtype).removeprefix('torch.')}\t"
+                    f"{'on' if truncate else 'off'}\t{out_err:.2e}\t{grad_err:.2e}\t{TOL[dtype]:.0e}\t"
+                    f"{finite}\t{DEVICE}\n")
+    for i, (a, b) in enumerate(zip(outs, ref_outs)):
+        _check(a, b, TOL[dtype], f"{op} {size} output {i}")
+    for i, (a, b) in enumerate(zip(grads, ref_grads)):
+        _check(a, b, TOL[dtype], f"{op} {size} gradient of input {i}")
