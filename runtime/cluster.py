@@ -58,9 +58,20 @@ def learner_resources(cfg):
     if cfg.learner.device == "cuda" and gpus < 1:
         raise ClusterError("learner.device=cuda but the Ray cluster has no GPU; use learner.device=auto or cpu")
     want_gpu = cfg.learner.device == "cuda" or (cfg.learner.device == "auto" and gpus >= 1)
+    # A central inference server asking for part of a GPU shares the learner's when the cluster has no
+    # other: on one GPU, run.inference_gpus=0.5 gives each half of it (Ray packs fractions on one
+    # device). A whole GPU for the server beside the learner's needs two; Ray would wait for ever.
+    share = cfg.run.inference_gpus if cfg.run.inference == "central" else 0.0
+    num_gpus = 1 if want_gpu else 0
+    if want_gpu and share > 0 and gpus < 1 + share:
+        if share >= 1:
+            raise ClusterError(f"the learner's GPU and run.inference_gpus={share:g} need {1 + share:g} GPUs, the "
+                               f"Ray cluster has {gpus:g}: give the inference server a fraction (e.g. 0.5) to share "
+                               "the learner's")
+        num_gpus = 1 - share
     # "DEFAULT": the cluster's own scheduling even inside a Ray Tune trial, whose placement group
     # would otherwise capture it (a trial's actors follow the ordinary resource rules).
-    return {"num_gpus": 1 if want_gpu else 0, "num_cpus": 1, "scheduling_strategy": "DEFAULT"}
+    return {"num_gpus": num_gpus, "num_cpus": 1, "scheduling_strategy": "DEFAULT"}
 
 
 def check_cluster_fits(cfg):
