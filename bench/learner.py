@@ -7,6 +7,7 @@ device (pinned, non_blocking on CUDA), as in training. Prints a markdown table.
     python bench/learner.py                                   # paper settings (meant for a GPU)
     python bench/learner.py --batch-size 4 --unroll-length 10 --updates 3   # a short CPU run
     python bench/learner.py --pipeline [--torso nature]      # + the full data path
+    python bench/learner.py --precision fp32 bf16 --pipeline  # both precisions (bf16: CUDA autocast)
 
 --pipeline adds, per core, the real LearnerService (loader and publisher threads, object store,
 weights holder) fed by Ray actors that return prebuilt Atari rollouts (compact frames, as the
@@ -30,8 +31,8 @@ from configs import load_config  # noqa: E402
 from learner import Learner, random_batch  # noqa: E402
 
 
-def bench(core, args):
-    cfg = _cfg(core, args)
+def bench(core, args, bf16=False):
+    cfg = _cfg(core, args, bf16=bf16)
     space = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
     learner = Learner(cfg, space, args.num_actions, frames_per_step=args.frame_skip)
     B, T = args.batch_size, args.unroll_length
@@ -46,7 +47,8 @@ def bench(core, args):
     seconds = float(np.median(times))
     params = sum(p.numel() for p in learner.agent.parameters())
     return dict(core=core, device=str(learner.device), params=params, ms=1e3 * seconds,
-                updates=1 / seconds, frames=T * B * args.frame_skip / seconds)
+                updates=1 / seconds, frames=T * B * args.frame_skip / seconds,
+                precision="bf16 autocast" if learner.bf16 else ("fp32 (bf16 is CUDA only)" if bf16 else "fp32"))
 
 
 class Producer:
@@ -82,20 +84,29 @@ class Producer:
         return {**self.rollout_, "version": self.version, "episodes": []}
 
 
-def pipeline(core, args, compute_updates_per_s):
-    """The full data path: the real service fed by Producers; returns its row."""
+def pipeline_cfg(core, args, bf16=False):
+    return _cfg(core, args, [f"run.num_actors={args.producers}", f"env.num_envs={args.envs}",
+                             "run.actor_cpus=0.01"], bf16=bf16)
+
+
+def pipeline(core, args, compute_updates_per_s, bf16=False):
+    """The full data path: the real service fed by Producers; returns its row. Starts Ray unless it
+    is up (main starts it once for all rows)."""
     import ray
 
     from runtime import cluster
     from runtime.service import LearnerService
-    cfg = _cfg(core, args, [f"run.num_actors={args.producers}", f"env.num_envs={args.envs}",
-                            "run.actor_cpus=0.01"])
+    cfg = pipeline_cfg(core, args, bf16)
     started = cluster.start_ray(cfg)
     try:
-        service = ray.remote(LearnerService).options(num_cpus=1).remote(cfg, worker_cls=Producer)
+        # The driver's resources: with num_gpus 0 Ray would hide the GPU from the service (an empty
+        # CUDA_VISIBLE_DEVICES) and its learner would run on the CPU.
+        resources = cluster.learner_resources(cfg)
+        service = ray.remote(LearnerService).options(**resources).remote(cfg, worker_cls=Producer)
         ray.get(service.run.remote(args.warmup_s))
         report = ray.get(service.run.remote(args.seconds))
         ray.get(service.close.remote())
+        ray.kill(service)        # its CPU back for the next row's service
         sample = Producer(cfg, 0, 0, 1, None).rollout_
     finally:
         if started:
@@ -106,13 +117,14 @@ def pipeline(core, args, compute_updates_per_s):
     whole = sent - sample["frames"].nbytes - sample["stack0"].nbytes - sample["stack_reset"].nbytes + \
         sample["frames"].nbytes * 4 // 1
     return dict(core=core, updates=updates, ratio=updates / compute_updates_per_s, sent=sent, whole=whole,
+                gpus=resources["num_gpus"],
                 lag=stats.get("learner/policy_lag", float("nan")), wait=stats.get("learner/wait_fraction", 0.0))
 
 
-def _cfg(core, args, more=()):
+def _cfg(core, args, more=(), bf16=False):
     return load_config(None, [f"model.core={core}", f"model.torso={args.torso}", f"learner.batch_size={args.batch_size}",
                               f"learner.unroll_length={args.unroll_length}", f"learner.device={args.device}",
-                              f"learner.bf16={args.bf16}", *more])
+                              f"learner.bf16={bf16}", *more])
 
 
 def main():
@@ -125,7 +137,9 @@ def main():
     p.add_argument("--frame-skip", type=int, default=4)
     p.add_argument("--num-actions", type=int, default=6)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA only)")
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
+                   help="one set of rows each: fp32, or bf16 autocast (CUDA only: on a CPU the row says it ran fp32)")
+    p.add_argument("--bf16", action="store_true", help="the same as --precision bf16")
     p.add_argument("--torso", default="impala_resnet", choices=["impala_resnet", "nature"])
     p.add_argument("--pipeline", action="store_true", help="also time the full data path (see above)")
     p.add_argument("--producers", type=int, default=4, help="--pipeline: rollout producers")
@@ -133,30 +147,50 @@ def main():
     p.add_argument("--seconds", type=float, default=30.0, help="--pipeline: timed seconds")
     p.add_argument("--warmup-s", type=float, default=10.0, help="--pipeline: untimed seconds first")
     args = p.parse_args()
+    if args.bf16:
+        args.precision = ["bf16"]
+    if min(args.batch_size, args.unroll_length, args.updates, args.producers, args.envs) < 1 or args.warmup < 0:
+        p.error("--batch-size, --unroll-length, --updates, --producers and --envs must be >= 1, --warmup >= 0")
     if args.pipeline:   # the service's actor (1 CPU) runs torch on one thread: compare like with like
         torch.set_num_threads(1)
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else \
         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     print(f"# learner: {args.torso} [4, 84, 84] uint8, B={args.batch_size}, T={args.unroll_length}, "
-          f"frame skip {args.frame_skip}, {'bf16' if args.bf16 else 'fp32'}, torch {torch.__version__}, {dev}")
-    print("| core | device | params | ms/update | updates/s | frames/s |")
-    print("|---|---|---:|---:|---:|---:|")
+          f"frame skip {args.frame_skip}, torch {torch.__version__}, {dev}\n")
+    print("| core | precision | device | params | ms/update | updates/s | frames/s |")
+    print("|---|---|---|---:|---:|---:|---:|", flush=True)
     compute = {}
-    for core in args.cores:
-        r = bench(core, args)
-        compute[core] = r["updates"]
-        print(f"| {r['core']} | {r['device']} | {r['params']:,} | {r['ms']:.1f} | {r['updates']:.2f} | "
-              f"{r['frames']:,.0f} |", flush=True)
+    for precision in args.precision:
+        for core in args.cores:
+            r = bench(core, args, bf16=precision == "bf16")
+            compute[precision, core] = r
+            print(f"| {r['core']} | {r['precision']} | {r['device']} | {r['params']:,} | {r['ms']:.1f} | "
+                  f"{r['updates']:.2f} | {r['frames']:,.0f} |", flush=True)
     if args.pipeline:
+        import ray
+
+        from runtime import cluster
         print(f"\n# full data path: LearnerService fed by {args.producers} producers of {args.envs}-sequence rollouts, "
               f"{args.seconds:g} s after {args.warmup_s:g} s of warm-up\n")
-        print("| core | compute only (updates/s) | full path (updates/s) | full / compute | bytes per rollout "
-              "(compact) | with whole stacks | learner waited | policy lag |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
-        for core in args.cores:
-            r = pipeline(core, args, compute[core])
-            print(f"| {core} | {compute[core]:.2f} | {r['updates']:.2f} | {r['ratio']:.0%} | {r['sent']:,} | "
-                  f"{r['whole']:,} | {r['wait']:.0%} | {r['lag']:.1f} |", flush=True)
+        print("| core | precision | learner's GPUs (Ray) | compute only (updates/s) | full path (updates/s) | "
+              "full / compute | bytes per rollout (compact) | with whole stacks | learner waited | policy lag |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+        started = cluster.start_ray(pipeline_cfg(args.cores[0], args))   # one Ray session for every row
+        try:
+            for precision in args.precision:
+                for core in args.cores:
+                    c = compute[precision, core]
+                    if precision == "bf16" and c["precision"] != "bf16 autocast":    # the fp32 row again
+                        print(f"| {core} | {c['precision']}: not run, the same as fp32 here | - | - | - | - | - | - "
+                              "| - | - |", flush=True)
+                        continue
+                    r = pipeline(core, args, c["updates"], bf16=precision == "bf16")
+                    print(f"| {core} | {c['precision']} | {r['gpus']:g} | {c['updates']:.2f} | {r['updates']:.2f} | "
+                          f"{r['ratio']:.0%} | {r['sent']:,} | {r['whole']:,} | {r['wait']:.0%} | {r['lag']:.1f} |",
+                          flush=True)
+        finally:
+            if started:
+                ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -18,9 +18,17 @@ runtime.driver.Training on a preset for a fixed time, the learner's frames/s onc
 actors, object store, learner updates all included).
 
     python bench/throughput.py --parts actor train
+
+Part 4, launch (not in the default parts): `launch.py train` itself, as a user runs it, for a fixed
+time after its first progress line, then Ctrl-C; frames/s, updates/s and policy lag from the run's
+TensorBoard events, GPU utilisation and memory from nvidia-smi (bench/gpu_check.sh's step 5):
+
+    python bench/throughput.py --parts launch --preset atari_throughput \
+        --launch 'actor:100:--num-actors 14' --launch 'central:60:--num-actors 13 --set run.inference=central'
 """
 import argparse
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -250,12 +258,165 @@ def train_part(args):
                 + (f"; --vs = {' '.join(args.vs)}" if args.vs else ""), rows)
 
 
-PARTS = {"env": env_part, "actor": actor_part, "train": train_part}
+class GpuSampler:
+    """nvidia-smi's utilisation and memory every 500 ms while a run trains, each sample tagged with the
+    run's name; `rows` holds (run, timestamp, utilization %, memory MiB). No nvidia-smi: no rows."""
+
+    QUERY = ["nvidia-smi", "--query-gpu=timestamp,utilization.gpu,memory.used", "--format=csv,noheader,nounits",
+             "-lms", "500"]
+
+    def __init__(self):
+        import shutil
+        import threading
+        self.available = shutil.which("nvidia-smi") is not None
+        self.rows, self.tag, self.proc = [], None, None
+        if self.available:
+            import subprocess
+            self.proc = subprocess.Popen(self.QUERY, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            parts = [p.strip() for p in line.split(",")]
+            if self.tag and len(parts) >= 3:
+                try:
+                    self.rows.append((self.tag, parts[0], float(parts[1]), float(parts[2])))
+                except ValueError:      # "[N/A]" and the like
+                    pass
+
+    def apps(self):
+        """The processes on the GPU now, as 'name (MiB)'."""
+        if not self.available:
+            return "-"
+        import subprocess
+        done = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory",
+                               "--format=csv,noheader,nounits"], capture_output=True, text=True)
+        apps = [line.split(",") for line in done.stdout.splitlines() if line.strip()]
+        return "; ".join(f"{a[1].strip().rsplit('/', 1)[-1]} ({a[2].strip()} MiB)" for a in apps if len(a) >= 3) or "none"
+
+    def close(self, path):
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        if path:
+            with open(path, "w") as f:
+                f.write("run,timestamp,utilization_gpu_pct,memory_used_mib\n")
+                f.writelines(f"{r},{t},{u:g},{m:g}\n" for r, t, u, m in self.rows)
+
+
+def launch_run(name, seconds, extra, args, sampler):
+    """`launch.py train --config <preset> --no-progress <extra>` in a fresh run directory: stopped with
+    SIGINT (Ctrl-C: it saves a checkpoint and shuts Ray down) `seconds` after its first progress line
+    (or --startup-s after its start if none came); its row from the run's TensorBoard events."""
+    import shlex
+    import signal
+    import subprocess
+    import tempfile
+    import threading
+
+    import yaml
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tmp = tempfile.mkdtemp(prefix=f"launch_{name}_")
+    logdir = os.path.join(tmp, "run")
+    cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "launch.py"), "train", "--config", args.preset,
+           "--no-progress", "--logdir", logdir, *shlex.split(extra)]
+    print(f"[{name}] $ {' '.join(shlex.quote(c) for c in cmd)}", file=sys.stderr, flush=True)
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    first = {}
+
+    def read():
+        for line in proc.stdout:
+            print(f"[{name}] {line}", end="", file=sys.stderr, flush=True)   # its log; the table on stdout
+            if line.startswith("frames ") and "t" not in first:
+                first["t"] = time.monotonic()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    apps, stop_at = "-", None
+    while proc.poll() is None:
+        now = time.monotonic()
+        if "t" in first:
+            stop_at = first["t"] + seconds
+            sampler.tag = name
+            if apps == "-" and now >= first["t"] + seconds / 2:
+                apps = sampler.apps()
+        if (stop_at and now >= stop_at) or (not stop_at and now - start >= args.startup_s):
+            break
+        time.sleep(0.2)
+    trained = time.monotonic() - first["t"] if "t" in first else 0.0
+    sampler.tag = None
+    stopped = proc.poll() is None
+    if stopped:
+        proc.send_signal(signal.SIGINT)          # the driver's Ctrl-C: checkpoint, close the actors, Ray down
+        try:
+            proc.wait(timeout=args.stop_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # its own process group: launch.py and what it started
+            proc.wait()
+    reader.join(timeout=5)
+    row = {"run": name, "startup s": f"{first['t'] - start:.0f}" if "t" in first else "no report",
+           "trained s": f"{trained:.0f}", "exit": f"rc {proc.returncode}" + (" after SIGINT" if stopped else "")}
+    try:
+        acc = EventAccumulator(logdir, size_guidance={"scalars": 0})
+        acc.Reload()
+        tags = acc.Tags().get("scalars", [])
+        fps = [e.value for e in acc.Scalars("perf/env_frames_per_s")] if "perf/env_frames_per_s" in tags else []
+        lag = [e.value for e in acc.Scalars("learner/policy_lag")] if "learner/policy_lag" in tags else []
+        frames = max((e.step for e in acc.Scalars("perf/env_frames_per_s")), default=0) if fps else 0
+        cfg = yaml.safe_load(open(os.path.join(logdir, "config.yaml")))
+        per_update = cfg["learner"]["batch_size"] * cfg["learner"]["unroll_length"] * cfg["env"]["frame_skip"]
+        warm = fps[1:] or fps                    # the first report holds the warm-up
+        rate = float(np.median(warm)) if warm else float("nan")
+        with open(os.path.join(logdir, "episodes.csv")) as f:
+            episodes = max(0, sum(1 for _ in f) - 1)
+        row.update({"reports": len(fps), "frames": f"{frames:,}", "frames/s": rate, "updates/s": f"{rate / per_update:.2f}",
+                    "policy lag": f"{np.median(lag):.1f}" if lag else "-", "episodes": episodes})
+    except Exception as e:  # noqa: BLE001  a run that wrote nothing: the row says why
+        row.update({"reports": 0, "frames": "0", "frames/s": float("nan"), "updates/s": "-", "policy lag": "-",
+                    "episodes": f"none read ({type(e).__name__})"})
+    samples = [r for r in sampler.rows if r[0] == name]
+    row["GPU util % mean / max"] = (f"{np.mean([r[2] for r in samples]):.0f} / {max(r[2] for r in samples):.0f}"
+                                    if samples else "no nvidia-smi" if not sampler.available else "no samples")
+    row["GPU MiB max"] = f"{max(r[3] for r in samples):,.0f}" if samples else "-"
+    row["GPU processes"] = apps.replace("|", "/")
+    import shutil
+    shutil.rmtree(tmp, ignore_errors=True)
+    return row
+
+
+def launch_part(args):
+    """End to end as a user runs it: `launch.py train` per --launch NAME:SECONDS:ARGS, one after the
+    other, with nvidia-smi sampled while each trains (--gpu-log: the samples as CSV)."""
+    sampler = GpuSampler()
+    cols = ["run", "startup s", "trained s", "exit", "reports", "frames", "frames/s", "updates/s", "policy lag",
+            "episodes", "GPU util % mean / max", "GPU MiB max", "GPU processes"]
+    print(f"\nlaunch.py train --config {args.preset}, {os.cpu_count()} cores: frames/s = median of the progress "
+          "reports after the first; updates/s = frames/s / (B x T x frame skip)\n")
+    print("| " + " | ".join(cols) + " |\n|---|" + "---:|" * (len(cols) - 1), flush=True)
+    try:
+        for spec in args.launch:       # a row as each run ends: a run cut by a time limit keeps the others
+            name, seconds, extra = spec.split(":", 2)
+            row = launch_run(name, float(seconds), extra, args, sampler)
+            if row["reports"] == 0 and not row["exit"].endswith("after SIGINT"):   # it died before training:
+                first = row["exit"]                                              # Ray's start, say; once more
+                row = launch_run(name, float(seconds), extra, args, sampler)
+                row["exit"] += f" (2nd try; the 1st: {first}, no report)"
+            cells = [f"{row[c]:,.0f}" if isinstance(row[c], float) else str(row[c]) for c in cols]
+            print("| " + " | ".join(cells) + " |", flush=True)
+    finally:
+        sampler.close(args.gpu_log)
+    print()
+    for spec in args.launch:
+        print(f"- {spec.split(':', 2)[0]}: {spec.split(':', 2)[2] or '(preset as is)'}")
+
+
+PARTS = {"env": env_part, "actor": actor_part, "train": train_part, "launch": launch_part}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
+    parser.add_argument("--parts", nargs="+", default=["env", "actor", "train"], choices=list(PARTS))
     parser.add_argument("--seconds", type=float, default=1.0, help="seconds per timed window")
     parser.add_argument("--repeats", type=int, default=5, help="timed windows per row (best and median shown)")
     parser.add_argument("--num-envs", type=int, nargs="+", default=[32, 64])
@@ -269,7 +430,23 @@ def main():
     parser.add_argument("--train-seconds", type=float, default=60.0, help="seconds per train run")
     parser.add_argument("--vs", nargs="+", default=[], metavar="KEY=VALUE",
                         help="train part: also run each core with the preset plus these values, side by side")
+    parser.add_argument("--launch", action="append", metavar="NAME:SECONDS:ARGS",
+                        help="launch part: a `launch.py train --config <preset>` run, stopped SECONDS after its first "
+                        "progress line, with the launch.py arguments ARGS (repeatable; e.g. "
+                        "'central:60:--num-actors 13 --set run.inference=central')")
+    parser.add_argument("--startup-s", type=float, default=180.0,
+                        help="launch part: stop a run that printed no progress line within this many seconds")
+    parser.add_argument("--stop-s", type=float, default=60.0,
+                        help="launch part: seconds a run may take to stop after SIGINT before it is killed")
+    parser.add_argument("--gpu-log", default="", help="launch part: write nvidia-smi's samples to this CSV file")
     args = parser.parse_args()
+    if "launch" in args.parts:
+        if not args.launch:
+            parser.error("--parts launch needs at least one --launch NAME:SECONDS:ARGS")
+        for spec in args.launch:
+            fields = spec.split(":", 2)
+            if len(fields) != 3 or not fields[0] or not re.fullmatch(r"\d+(\.\d+)?", fields[1]):
+                parser.error(f"--launch takes NAME:SECONDS:ARGS (e.g. 'actor:90:--num-actors 4'), got {spec!r}")
     for part in args.parts:
         PARTS[part](args)
 
