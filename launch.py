@@ -145,7 +145,7 @@ def cmd_compare(args):
         if args.outdir:      # the summary lists each core's tuned values
             import yaml
 
-            from learner.checkpoint import atomic_write
+            from configs.files import atomic_write
             Path(args.outdir).mkdir(parents=True, exist_ok=True)
             atomic_write(Path(args.outdir) / "tuned.yaml", yaml.safe_dump(
                 {"search": str(Path(args.tuned).resolve()), "keys": tune.tuned_keys(args.tuned)}))
@@ -188,6 +188,7 @@ def cmd_bench(args):
 
 
 def build_parser():
+    from experiments.tune import SCHEDULERS
     from fwp_core import CORES
     parser = argparse.ArgumentParser(prog="launch.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -256,7 +257,7 @@ def build_parser():
     u.add_argument("--budget", type=_count, required=True, help="frames per trial (e.g. 6e5)")
     u.add_argument("--space", metavar="YAML", help="search space (default: lr, the optimiser's eps and the "
                                                    "entropy cost, log-uniform); see experiments/tune.py")
-    u.add_argument("--scheduler", choices=("asha", "fifo", "pbt"), default="asha",
+    u.add_argument("--scheduler", choices=SCHEDULERS, default="asha",
                    help="asha: stop the worse half at 1/4, 1/2 of the budget (default); fifo: run all to the end; "
                         "pbt: population-based training, the worst quarter continues from the best every 1/4")
     u.add_argument("--search-seed", type=_count, default=0, help="seed of the drawn values (default 0)")

@@ -1,4 +1,4 @@
-"""The agent (DESIGN.md): torso -> ReLU -> Linear(hidden) -> ReLU -> concat [clipped last reward,
+"""The agent (the paper's RL agent): torso -> ReLU -> Linear(hidden) -> ReLU -> concat [clipped last reward,
 one-hot last action (optional)] -> core -> policy logits and baseline.
 
     agent = Agent(env.observation_space, env.num_actions, cfg.model, cfg.core, cfg.learner.reward_clip)

@@ -15,7 +15,7 @@ trial's values perturbed (x0.8 or x1.2) or, one time in four, drawn afresh (its 
 lineage.csv says from which trial and at which frame count; best.yaml then holds the best trial's
 values at the end, the last point of the schedule PBT found; a local Ray gets logical CPUs for the
 whole population, which must run side by side). The metric is a trial's mean
-return of its last 100 episodes, the same number `train` and `compare` report.
+return of its last games (runtime.driver.RETURN_WINDOW), the number `train` and `compare` report.
 
 Each trial is an ordinary run directory, DIR/<core>/trials/<trial id> (`tensorboard --logdir DIR`
 overlays them); trials train on seeds SEARCH_SEED + k, which `compare --tuned` never uses. Written:
@@ -46,10 +46,13 @@ import yaml
 
 from configs import ConfigError, config_to_dict, config_yaml, load_config
 from configs.errors import Error
+from configs.files import atomic_write
+
+from .values import dotted, format_value
 
 SEARCH_SEED = 10_000          # trial k trains on seed SEARCH_SEED + k; compare uses 0..N-1
 KINDS = ("loguniform", "uniform", "randint", "choice", "grid")
-METRIC = "score"              # mean return of the last 100 episodes
+METRIC = "score"              # a run's mean return of its last runtime.driver.RETURN_WINDOW games
 TRIAL_CPUS = 1                # a trial's own process (its driver loop), beside its actors and learner
 
 
@@ -113,7 +116,7 @@ def load_space(path, cfg):
 
 def config_items(cfg):
     """(section.key, value) of every field of cfg (to rebuild it through load_config)."""
-    return [(f"{section}.{k}", v) for section, fields in config_to_dict(cfg).items() for k, v in fields.items()]
+    return list(dotted(config_to_dict(cfg)).items())
 
 
 def to_tune(space):
@@ -306,11 +309,10 @@ def write_best(core_dir, trial, base, budget):
     """best.yaml: the whole config of the best trial (seed 0 and the default logdir: a preset)."""
     cfg = load_config(None, [*base, *trial["params"].items(), ("run.total_frames", int(budget))])
     cfg.run.seed, cfg.run.logdir = 0, load_config().run.logdir
-    values = ", ".join(f"{k}={_fmt(v)}" for k, v in trial["params"].items())
+    values = ", ".join(f"{k}={format_value(v)}" for k, v in trial["params"].items())
     header = (f"# Tuned by launch.py tune: trial {trial['trial']} scored {trial['score']:.4g} at "
               f"{trial['frames']:,} frames ({values}).\n# A preset: launch.py train --config this file; "
               "launch.py compare --tuned the search directory.\n")
-    from learner.checkpoint import atomic_write
     path = Path(core_dir) / "best.yaml"
     atomic_write(path, header + config_yaml(cfg))
     return path
@@ -318,7 +320,6 @@ def write_best(core_dir, trial, base, budget):
 
 def write_trials(outdir, trials_by_core):
     """DIR/<core>/trials.csv per core and DIR/trials.md with every trial, best first per core."""
-    from learner.checkpoint import atomic_write
     lines = ["| core | trial | values | frames | score | status |", "|---|---|---|---:|---:|---|"]
     for core, trials in trials_by_core.items():
         keys = sorted({k for t in trials for k in t["params"]})
@@ -332,7 +333,7 @@ def write_trials(outdir, trials_by_core):
                 w.writerow([t["trial"], *(t["params"].get(k) for k in keys), t["frames"], t["score"],
                             t["status"], t["error"] or ""])
         for t in rows:
-            values = ", ".join(f"{k}={_fmt(v)}" for k, v in t["params"].items())
+            values = ", ".join(f"{k}={format_value(v)}" for k, v in t["params"].items())
             score = "-" if t["score"] is None else f"{t['score']:.4g}"
             frames = "-" if t["frames"] is None else f"{t['frames']:,}"
             status = t["status"] + (f" ({t['error']})" if t["error"] else "")
@@ -343,7 +344,6 @@ def write_trials(outdir, trials_by_core):
 def write_search(outdir, env, spaces, trials_by_core, incomplete=()):
     """DIR/search.yaml: the env, and per core its space, its best trial's values and score (none for
     the `incomplete` cores, whose search was interrupted)."""
-    from learner.checkpoint import atomic_write
     summary = {"env": env, "cores": {}}
     for core, trials in trials_by_core.items():
         best = None if core in incomplete else best_trial(trials)
@@ -361,10 +361,6 @@ def tuned_keys(tuned_dir):
         return []
     cores = (yaml.safe_load(path.read_text()) or {}).get("cores", {})
     return sorted({k for c in cores.values() for k in c.get("space", {})})
-
-
-def _fmt(v):
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def tune_cores(config, env, cores, samples, budget, outdir, space_path=None, overrides=(), scheduler="asha",

@@ -1,20 +1,19 @@
 """Checkpoint files: written atomically, read back only whole.
 
 A checkpoint is one torch.save'd dict of plain types and tensors (so it loads with
-weights_only=True: no pickled code runs at load). `save_atomic` writes it with `atomic_write`, the
-project's one way of replacing a file (checkpoints, config.yaml, eval.json): a kill at any moment
-leaves either the old or the new file, never a torn one.
+weights_only=True: no pickled code runs at load). `save_atomic` writes it with
+configs.files.atomic_write, the project's one way of replacing a file: a kill at any moment leaves
+either the old or the new file, never a torn one.
 """
 import io
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from configs.errors import Error
+from configs.files import atomic_write
 
 FORMAT = 1
 KEYS = ("format", "meta", "model", "optimizer", "counters", "rng", "config", "extra")
@@ -22,32 +21,6 @@ KEYS = ("format", "meta", "model", "optimizer", "counters", "rng", "config", "ex
 
 class CheckpointError(Error):
     """A checkpoint that cannot be used here; the message says which file and why."""
-
-
-def atomic_write(path, data):
-    """Write `data` (bytes or str) to `path` so that a kill at any moment leaves the old file or the
-    new one, never a torn one: a temp file in the same directory, flushed and fsynced, os.replace'd
-    over `path`, then the directory fsynced (the rename itself durable). The temp file is removed
-    if anything fails."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def save_atomic(payload, path):

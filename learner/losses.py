@@ -6,6 +6,8 @@ from torch.nn import functional as F
 
 from configs import LOSS_REDUCTIONS
 
+from .vtrace import action_log_probs
+
 
 def _reduce(x, reduction):
     if reduction == "sum":
@@ -17,8 +19,7 @@ def _reduce(x, reduction):
 
 def policy_gradient_loss(logits, actions, advantages, reduction="sum"):
     """−log π(a_t|x_t) · A_t, with A_t the V-trace advantages (a constant: no gradient through it)."""
-    log_pi = F.log_softmax(logits, dim=-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-    return _reduce(-log_pi * advantages.detach(), reduction)
+    return _reduce(-action_log_probs(logits, actions) * advantages.detach(), reduction)
 
 
 def baseline_loss(vs, values, reduction="sum"):
@@ -37,8 +38,7 @@ def appo_policy_loss(logits, behaviour_logits, actions, advantages, clip, reduct
     """PPO's clipped surrogate with the ratio ρ_t = π(a_t|x_t)/μ(a_t|x_t) to the behaviour policy:
     −min(ρ_t A_t, clip(ρ_t, 1 − clip, 1 + clip) A_t). Returns (loss, fraction of steps where the
     clipped term was the smaller one, i.e. where the gradient was cut)."""
-    log_pi = F.log_softmax(logits, dim=-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-    log_mu = F.log_softmax(behaviour_logits, dim=-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    log_pi, log_mu = action_log_probs(logits, actions), action_log_probs(behaviour_logits, actions)
     ratio = torch.exp(log_pi - log_mu.detach())
     advantages = advantages.detach()
     unclipped, clipped = ratio * advantages, ratio.clamp(1.0 - clip, 1.0 + clip) * advantages

@@ -11,7 +11,8 @@ A run directory (`RunDir`, cfg.run.logdir) holds:
 - `checkpoint_<M>.pt`: a kept copy at each frame count M of run.save_at_frames (the first update
   at or past M; `eval --checkpoint` takes it);
 - `episodes.csv`: every finished game (frames, return, length), appended as they come;
-- TensorBoard events: the tags of DESIGN.md and the learner's health, x = environment frames.
+- TensorBoard events: the tags the README lists (losses, returns, the learner's health), x =
+  environment frames.
 
 The first SIGINT or SIGTERM stops the run after its next report, with a checkpoint; a second one
 gives up on the clean exit. `check_config` refuses a config that cannot train before Ray starts.
@@ -28,8 +29,13 @@ from pathlib import Path
 from configs import ConfigError, config_to_dict, config_yaml
 from configs.errors import Error
 
+from configs.files import atomic_write
 from . import cluster
 
+
+# A run's score: the mean return of its last RETURN_WINDOW games, in the progress bar, the summary,
+# checkpoints ("recent_returns"), tune's metric and compare's tables and curves.
+RETURN_WINDOW = 100
 
 def env_dirname(env_id):
     """An env id as one path component: 'ALE/Pong-v5' -> 'ALE_Pong-v5'."""
@@ -121,7 +127,6 @@ class RunDir:
             raise RunDirError(f"--resume: {self.path} holds no checkpoint.pt to continue from")
 
     def write_config(self, cfg):
-        from learner.checkpoint import atomic_write
         atomic_write(self.config, config_yaml(cfg))
 
     def truncate_episodes(self, frames):
@@ -129,7 +134,6 @@ class RunDir:
         crash left beyond it would be logged again, with earlier frame counts, by the continued run."""
         if not self.episodes.is_file():
             return
-        from learner.checkpoint import atomic_write
         lines = self.episodes.read_text().splitlines(keepends=True)
         kept = lines[:1] + [ln for ln in lines[1:] if ln.strip() and _row_frames(ln) <= frames]
         if len(kept) != len(lines):
@@ -164,7 +168,7 @@ class Training:
         """Train until run.total_frames or a stop signal; returns a summary dict (frames,
         start_frames, stopped_by, final_return, episodes, logdir, wall_time_s, learner_restarts).
         `on_report(report, service)` is called after each interval (tests, benchmarks and tune's trials
-        use it to watch or interfere with a live run; report["mean_return"] is the mean of the last 100
+        use it to watch or interfere with a live run; report["mean_return"] is the mean of the last RETURN_WINDOW
         episodes, or None); returning True stops the run as a signal would.
 
         If the learner's Ray actor dies (OOM, a GPU error, its node lost), a new one continues
@@ -235,7 +239,7 @@ class Training:
 
         cfg = self.cfg
         frames, extra = state["frames"], state["extra"]
-        recent = deque(extra.get("recent_returns", []), maxlen=100)
+        recent = deque(extra.get("recent_returns", []), maxlen=RETURN_WINDOW)
         wall = extra.get("wall_time_s", 0.0)
         self.dir.write_config(cfg)          # the values in force (a resume may change the budget)
         # From a checkpoint, the run directory goes back to it: TensorBoard's purge_step hides the
@@ -275,7 +279,7 @@ class Training:
                     episodes_file.flush()
                 logger.scalars(stats, frames)
                 self._show(bar, progress, frames, stats, recent)
-                report["mean_return"] = sum(recent) / len(recent) if recent else None   # the last 100 episodes
+                report["mean_return"] = sum(recent) / len(recent) if recent else None
                 if on_report is not None and on_report(report, service):
                     self.stop = "on_report"
                 if milestones and frames >= milestones[0]:
