@@ -1,6 +1,6 @@
 """Vectorised environments from an env id, one interface for ALE and gymnasium envs.
 
-    env = make_env(cfg.env, num_envs=32, seed=0)
+    env = make_env(cfg.env, seed=0)                    # cfg.env.num_envs envs
     obs = env.reset()                                  # [N, ...]; every env starts an episode here
     obs, reward, first, episodes = env.step(actions)   # actions: [N] ints in [0, env.num_actions)
 
@@ -70,6 +70,7 @@ import numpy as np
 
 ATARI_PREFIX = "ALE/"
 _NO_FRAME_CAP = 2**31 - 1   # ALE counts frames in an int
+ALE_SCREEN = (210, 160)     # every Atari game's screen, in pixels (height, width)
 
 
 def _register_env_ids():
@@ -232,9 +233,12 @@ class VecEnv:
 class _AtariGroup:
     """One AtariVectorEnv stepped as a whole (batch_size = num_envs: results come back in env order)."""
 
-    def __init__(self, game, num_envs, env_cfg, num_threads):
+    def __init__(self, game, num_envs, env_cfg, num_threads, screen=False):
         from ale_py.vector_env import AtariVectorEnv
         self.num_envs = num_envs
+        # The agent's view (grey, resized, stacked), or the game's own colour screen for a video.
+        view = dict(grayscale=False, img_height=ALE_SCREEN[0], img_width=ALE_SCREEN[1], stack_num=1) if screen else \
+            dict(stack_num=env_cfg.frame_stack, img_height=env_cfg.img_size, img_width=env_cfg.img_size)
         self.vec = AtariVectorEnv(
             game, num_envs,
             num_threads=num_threads,
@@ -243,9 +247,7 @@ class _AtariGroup:
             episodic_life=False,                   # True would restart the whole game at a life loss
             life_loss_info=env_cfg.episodic_life,  # terminated at a life loss, the game goes on
             frameskip=env_cfg.frame_skip,
-            stack_num=env_cfg.frame_stack,
-            img_height=env_cfg.img_size,
-            img_width=env_cfg.img_size,
+            **view,
             noop_max=env_cfg.noop_max,
             use_fire_reset=env_cfg.fire_reset,
             repeat_action_probability=env_cfg.sticky_actions,
@@ -341,11 +343,16 @@ def check_env_config(env_cfg, num_envs: int) -> None:
             raise ValueError(f"env.sticky_actions is a probability in [0, 1], got {env_cfg.sticky_actions}")
 
 
-def make_env(env_cfg, num_envs: int, seed: int) -> VecEnv:
-    """Build `num_envs` envs of `env_cfg.id` in `env_cfg.env_batches` groups (see module docstring)."""
-    check_env_config(env_cfg, num_envs)
-    groups_n = env_cfg.env_batches
+def make_env(env_cfg, seed: int, screen: bool = False) -> VecEnv:
+    """Build the `env_cfg.num_envs` envs of `env_cfg.id` in `env_cfg.env_batches` groups (see module
+    docstring). screen: Atari only, for videos: observe the game's own colour screen (one
+    [210, 160, 3] RGB frame, no stack) instead of the agent's grey stacks; the game, its seeding and
+    steps are the same."""
+    check_env_config(env_cfg, env_cfg.num_envs)
+    num_envs, groups_n = env_cfg.num_envs, env_cfg.env_batches
     size = num_envs // groups_n
+    if screen and not env_cfg.id.startswith(ATARI_PREFIX):
+        raise ValueError(f"only Atari games have a screen to film; {env_cfg.id} has none")
     if env_cfg.id.startswith(ATARI_PREFIX):
         game = atari_game(env_cfg.id)
         # 0: the CPUs this process may use; every group gets them all (mostly one group steps at a time)
@@ -353,7 +360,7 @@ def make_env(env_cfg, num_envs: int, seed: int) -> VecEnv:
         groups = []
         try:
             for _ in range(groups_n):
-                groups.append(_AtariGroup(game, size, env_cfg, threads))
+                groups.append(_AtariGroup(game, size, env_cfg, threads, screen))
         except Exception:
             for group in groups:
                 group.close()

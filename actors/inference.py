@@ -32,6 +32,11 @@ from . import resolve_actor
 from .rollout import act
 
 
+class NotRegistered(ValueError):
+    """act() from a worker the server has no tables for (a restarted server has forgotten them): the
+    worker registers again (actors/rollout.py recognises this type, across Ray, by its class)."""
+
+
 class _Request:
     def __init__(self, worker, env_ids, obs, reward, first, last_action, want_state):
         self.worker, self.env_ids, self.obs = worker, env_ids, obs
@@ -77,7 +82,7 @@ class InferenceServer:
         with self.lock:
             table = self.tables.get(worker)
         if table is None:
-            raise ValueError(f"inference: worker {worker} is not registered; call register(worker, num_envs) first "
+            raise NotRegistered(f"inference: worker {worker} is not registered; call register(worker, num_envs) first "
                              "(a restarted server has forgotten it: the worker registers again)")
         want = (len(env_ids), *(self.obs_shape[1:] if self.stacks else self.obs_shape))
         if tuple(np.shape(obs)) != want:
@@ -139,7 +144,7 @@ class InferenceServer:
         """Put a version newer than the last fetched into `pending`; False if there is none."""
         import ray
 
-        from .weights import unflatten
+        from .flat_weights import unflatten
         have = self.version if self.pending is None else self.pending[0]
         try:
             latest = ray.get(self.holder.latest.remote(have))

@@ -23,7 +23,13 @@ from configs import config_from_dict
 
 from . import resolve_actor
 from .envs import make_env
-from .weights import unflatten
+from .flat_weights import unflatten
+
+
+def worker_seed(seed, index, num_envs):
+    """The seed of rollout worker `index` of a run seeded `seed`: disjoint env seed ranges per
+    worker (env j of worker i gets seed * 1_000_003 + i * num_envs + j)."""
+    return seed * 1_000_003 + index * num_envs
 
 
 def act(agent, obs, reward, first, state, last_action, greedy=False):
@@ -41,19 +47,20 @@ class RolloutWorker:
     def __init__(self, cfg, worker_index=0, seed=0, num_cpus=1, weights_holder=None, inference=None):
         """cfg: a configs.Config or its dict form (what travels to a Ray actor); num_cpus: the CPUs
         Ray gave this actor, which size ALE's thread pool when env.num_threads is 0;
-        weights_holder: the Ray actor (runtime.weights.WeightsHolder), or its name, each rollout
+        weights_holder: the Ray actor (runtime.weights_holder.WeightsHolder), or its name, each rollout
         fetches the newest weights from when it starts; inference: an actors.inference.InferenceServer
         actor, or its name, to act for this worker (run.inference=central), which then only steps
         its envs."""
         cfg = config_from_dict(cfg) if isinstance(cfg, dict) else cfg
         torch.set_num_threads(1)      # inference on a few envs: threads would only contend with ALE's
         torch.manual_seed(seed)       # action sampling
+        self.rng = np.random.default_rng(seed)   # the random actions played while a restarted server is away
         self.index = worker_index
         self.holder, self.server = resolve_actor(weights_holder), resolve_actor(inference)
         self.requests = collections.deque()    # central: (ids, k, t, request) in the order sent
         self.T = cfg.learner.unroll_length
         threads = cfg.env.num_threads or max(1, int(num_cpus))
-        self.env = make_env(dataclasses.replace(cfg.env, num_threads=threads), cfg.env.num_envs, seed)
+        self.env = make_env(dataclasses.replace(cfg.env, num_threads=threads), seed)
         self.agent = Agent(self.env.observation_space, self.env.num_actions, cfg.model, cfg.core,
                            cfg.learner.reward_clip, bf16_torso_on_cpu=cfg.run.actor_bf16)
         self.agent.eval()
@@ -82,7 +89,7 @@ class RolloutWorker:
 
     def set_weights(self, weights):
         """weights: (version, state_dict), or the (version, layout, buffer) payload of
-        actors/weights.py, as the learner publishes them."""
+        actors/flat_weights.py, as the learner publishes them."""
         version, *rest = weights
         if version != self.version:
             self.agent.load_state_dict(rest[0] if len(rest) == 1 else unflatten(*rest))
@@ -187,13 +194,15 @@ class RolloutWorker:
         try:
             action, logits, version, state = ray.get(request)
         except ray.exceptions.RayError as e:
+            from .inference import NotRegistered
             # The server restarted (its tables are gone) or its answer was lost: register again,
             # with fresh core states, and play this step with a uniform random action instead.
-            if "not registered" not in str(e) and not isinstance(e, ray.exceptions.RayActorError):
+            if not isinstance(getattr(e, "cause", None), NotRegistered) and \
+                    not isinstance(e, ray.exceptions.RayActorError):
                 raise
             ray.get(self.server.register.remote(self.index, self.env.num_envs))
             n, A = len(ids), self.env.num_actions
-            action = np.random.randint(0, A, n)
+            action = self.rng.integers(0, A, n)
             logits = np.zeros((n, A), np.float32)
             state = tuple(torch.zeros_like(x[:n]) for x in self.core_state)
             version = self.version

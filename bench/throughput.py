@@ -79,7 +79,7 @@ def measure(cases, seconds, repeats, warmup=0.5):
 def env_ceiling(env_id, num_envs, env_batches, num_threads):
     """Random actions through make_env(env_id): env_batches=1 uses step(), more keeps all groups in
     flight with send/recv."""
-    env = make_env(EnvConfig(id=env_id, env_batches=env_batches, num_threads=num_threads), num_envs, seed=0)
+    env = make_env(EnvConfig(id=env_id, num_envs=num_envs, env_batches=env_batches, num_threads=num_threads), seed=0)
     env.reset()
     rng = np.random.default_rng(0)
     if env_batches == 1:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from actors.rollout import act
+from configs.files import atomic_write
 from learner import checkpoint
 from learner.checkpoint import CheckpointError
 
@@ -34,7 +35,7 @@ EVAL_SEED = 1_000_000_007   # env seeds from here on; far from the training envs
 EVAL_SEED_STRIDE = 100_000  # env seeds per run: an evaluation seeds env k with seed + k, k < this
 PROTOCOLS = ("games", "paper")
 NO_NEGATIVE_GAMES = ("battle_zone", "up_n_down")   # the paper's noneg evaluation script
-VIDEO_SCALE = 4             # 84x84 frames become 336x336 (a multiple of 16, as H.264 wants)
+VIDEO_SCALE = 2             # the 210x160 colour screen becomes 420x320 (even sides, as H.264's yuv420p wants)
 TB_VIDEO_FRAMES = 600       # TensorBoard gets the first 600 frames (40 s at 15 fps) as a GIF
 
 
@@ -61,7 +62,7 @@ def load_agent(path):
         cfg = config_from_dict(payload["config"], source=f"{path} (its config)")
     except ConfigError as e:
         raise CheckpointError(f"checkpoint {path}: its config is unusable: {e}") from None
-    env = make_env(_eval_env_config(cfg, 1), 1, 0)   # one throwaway env for the spaces
+    env = make_env(_eval_env_config(cfg, 1), 0)   # one throwaway env for the spaces
     try:
         agent = Agent(env.observation_space, env.num_actions, cfg.model, cfg.core, cfg.learner.reward_clip)
     finally:
@@ -81,15 +82,15 @@ def _eval_env_config(cfg, num_envs):
     return dataclasses.replace(cfg.env, num_envs=num_envs, env_batches=1, num_threads=0)
 
 
-def play(agent, cfg, episodes, greedy=False, seed=EVAL_SEED, num_envs=None, on_frame=None):
+def play(agent, cfg, episodes, greedy=False, seed=EVAL_SEED, num_envs=None, film=None):
     """Play `episodes` whole games; returns (returns, lengths), lists in env order (env 0's games
-    first). `on_frame(obs)` sees env 0's observations until its first game ends (for videos)."""
+    first). `film` (a _ScreenFilm) follows env 0 through its first game."""
     from actors.envs import make_env
 
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     n = min(episodes, num_envs or cfg.env.num_envs)
-    env = make_env(_eval_env_config(cfg, n), n, seed)
+    env = make_env(_eval_env_config(cfg, n), seed)
     quota = [episodes // n + (k < episodes % n) for k in range(n)]
     games = [[] for _ in range(n)]
     try:
@@ -100,45 +101,66 @@ def play(agent, cfg, episodes, greedy=False, seed=EVAL_SEED, num_envs=None, on_f
             reward = np.zeros(n, np.float32)
             first = np.ones(n, bool)
             last_action = np.zeros(n, np.int64)
-            filming = on_frame is not None
             while any(len(g) < q for g, q in zip(games, quota)):
-                if filming:
-                    on_frame(obs[0])
                 action, _, state, _ = act(agent, obs, reward, first, state, last_action, greedy=greedy)
                 obs, reward, first, finished = env.step(action)
                 last_action = env.executed.copy()   # the agent's, or the env's forced FIRE
+                if film is not None:
+                    film.step(last_action[0], reward[0], first[0], any(k == 0 for k, _, _ in finished))
                 for k, ret, length in finished:
                     if len(games[k]) < quota[k]:
                         games[k].append((ret, length))
-                    if k == 0:
-                        filming = False
     finally:
         env.close()
     played = [game for g in games for game in g]
     return [r for r, _ in played], [n for _, n in played]
 
 
-class _Video:
-    """Streams env 0's frames to an MP4 (imageio + its ffmpeg) and keeps the first ones for TensorBoard."""
+class _ScreenFilm:
+    """Films env 0's first game on the game's own colour screen: an MP4 (imageio and its ffmpeg) and
+    the first frames kept for TensorBoard. The agent acts on env 0's grey stacks as ever; a twin of
+    env 0, built from the same config and seed in colour (actors.envs.make_env(screen=True): the
+    same game, frame for frame), plays the actions env 0 played and is filmed. Rewards and episode
+    ends are compared at every step, so a twin out of step fails loudly instead of filming
+    another game."""
 
-    def __init__(self, path, fps):
+    def __init__(self, env_cfg, seed, path, fps):
+        import dataclasses
+
         import imageio.v2 as imageio
+
+        from actors.envs import make_env
+        self.env = make_env(dataclasses.replace(env_cfg, num_envs=1, env_batches=1), seed, screen=True)
         self.path, self.fps = path, fps
         self.writer = imageio.get_writer(path, format="FFMPEG", fps=fps, codec="libx264",
-                                         macro_block_size=16, ffmpeg_log_level="error")
-        self.tb_frames = []
-        self.count = 0
+                                         macro_block_size=2, ffmpeg_log_level="error")
+        self.tb_frames, self.count, self.filming = [], 0, True
+        self._add(self.env.reset()[0])
 
-    def __call__(self, obs):
-        frame = np.asarray(obs)[-1]                                   # newest frame of the stack
-        big = frame.repeat(VIDEO_SCALE, 0).repeat(VIDEO_SCALE, 1)     # nearest-neighbour upscale
-        self.writer.append_data(np.repeat(big[..., None], 3, axis=2))
+    def _add(self, screen):
+        frame = np.asarray(screen)[-1]                                # [210, 160, 3] RGB
+        self.writer.append_data(frame.repeat(VIDEO_SCALE, 0).repeat(VIDEO_SCALE, 1))   # nearest-neighbour
         if len(self.tb_frames) < TB_VIDEO_FRAMES:
             self.tb_frames.append(frame.copy())   # the env may reuse its observation buffer
         self.count += 1
 
+    def step(self, action, reward, first, game_over):
+        """Env 0 played `action` and got `reward` and `first`; `game_over`: its game ended (its
+        next frame belongs to the next game, which is not filmed)."""
+        if not self.filming:
+            return
+        screen, twin_reward, twin_first, _ = self.env.step(np.array([action], np.int64))
+        if twin_reward[0] != reward or twin_first[0] != first:
+            raise RuntimeError(f"eval --video: the colour twin of env 0 fell out of step at frame {self.count} "
+                               f"(reward {twin_reward[0]} vs {reward}, episode end {twin_first[0]} vs {first})")
+        if game_over:
+            self.filming = False
+        else:
+            self._add(screen[0])
+
     def close(self):
         self.writer.close()
+        self.env.close()
 
 
 class LifeTally:
@@ -186,7 +208,7 @@ def play_lives(agent, cfg, episodes=30, repeats=5, seed=EVAL_SEED):
 
     env_cfg = dataclasses.replace(_eval_env_config(cfg, repeats), episodic_life=True, fire_on_life_loss=True)
     no_negative = cfg.env.id.startswith(ATARI_PREFIX) and atari_game(cfg.env.id) in NO_NEGATIVE_GAMES
-    env = make_env(env_cfg, repeats, seed)
+    env = make_env(env_cfg, seed)
     tally = LifeTally(repeats, episodes, no_negative)
     try:
         obs = env.reset()
@@ -212,8 +234,8 @@ def _write_tensorboard_video(logdir, frames, fps, step):
     from torch.utils.tensorboard import SummaryWriter
 
     gif = iio.imwrite("<bytes>", np.stack(frames), extension=".gif", duration=1000 / fps, loop=0)
-    h, w = frames[0].shape
-    image = Summary.Image(height=h, width=w, colorspace=1, encoded_image_string=gif)
+    h, w, channels = frames[0].shape
+    image = Summary.Image(height=h, width=w, colorspace=channels, encoded_image_string=gif)
     with SummaryWriter(log_dir=str(logdir)) as writer:
         writer.file_writer.add_summary(Summary(value=[Summary.Value(tag="eval/video", image=image)]), step)
 
@@ -241,18 +263,17 @@ def evaluate(path, episodes, greedy=False, video=False, seed=EVAL_SEED, num_envs
                   "std": float(means.std()), "min": float(flat.min()), "max": float(flat.max()),
                   "runs": [float(m) for m in means], "returns": [float(r) for r in flat],
                   "lengths": [n for x in lengths for n in x], "dropped": dropped}
-        checkpoint.atomic_write(path.parent / "eval.json", json.dumps(result, indent=2) + "\n")
+        atomic_write(path.parent / "eval.json", json.dumps(result, indent=2) + "\n")
         return result
     recorder = None
     if video:
         if len(agent.obs_shape) != 3 or agent.obs_dtype != "uint8":
             raise ValueError(f"--video films image observations (Atari); {cfg.env.id} observes "
                              f"{agent.obs_dtype} vectors of shape {agent.obs_shape}")
-        # Agent steps per second of game time: the ALE runs at 60 frames/s.
-        recorder = _Video(str(path.parent / "eval.mp4"), fps=60 / cfg.env.frame_skip)
+        # Agent steps per second of game time: the ALE runs at 60 frames/s. Env 0 is seeded `seed`.
+        recorder = _ScreenFilm(cfg.env, seed, str(path.parent / "eval.mp4"), fps=60 / cfg.env.frame_skip)
     try:
-        returns, lengths = play(agent, cfg, episodes, greedy, seed, num_envs,
-                                on_frame=recorder)
+        returns, lengths = play(agent, cfg, episodes, greedy, seed, num_envs, film=recorder)
     finally:
         if recorder is not None:
             recorder.close()
@@ -266,5 +287,5 @@ def evaluate(path, episodes, greedy=False, video=False, seed=EVAL_SEED, num_envs
         if any(p.name.startswith("events.out.tfevents") for p in path.parent.iterdir()):
             _write_tensorboard_video(path.parent, recorder.tb_frames, recorder.fps, result["frames"])
             result["video_tensorboard"] = "eval/video"
-    checkpoint.atomic_write(path.parent / "eval.json", json.dumps(result, indent=2) + "\n")
+    atomic_write(path.parent / "eval.json", json.dumps(result, indent=2) + "\n")
     return result

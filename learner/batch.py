@@ -9,14 +9,33 @@
     "forced" [T+1, B] bool (action t was the env's, not the policy's: a FIRE after a life loss)
     "logits" [T+1, B, A] float32 (behaviour)    "core_state" tuple of [B, ...] (before obs 0)
 
-check_batch names whatever is missing or misshapen; to_device moves it (pinned + non_blocking on
-CUDA); random_batch makes a synthetic one for tests and benchmarks.
+from_rollout makes one from a rollout as actors/rollout.py returns it (runtime/batcher.py cuts
+batches of B sequences out of several); check_batch names whatever is missing or misshapen;
+to_device moves it (pinned + non_blocking on CUDA), rebuilding "obs" from the compact form;
+random_batch makes a synthetic one for tests and benchmarks.
 """
+import numpy as np
 import torch
 
 KEYS = ("obs", "reward", "first", "action", "last_action", "forced", "logits", "core_state")
 COMPACT_OBS = ("frames", "stack0", "stack_reset")
 STEP_KEYS = ("obs", "frames", "stack_reset", "reward", "first", "action", "last_action", "forced", "logits")
+
+
+def rollout_keys(rollout):
+    """The arrays of a rollout that a learner batch takes: the per-step ones it holds (obs, or the
+    compact frames) and, for compact frames, stack0; the core state travels beside them."""
+    return [k for k in STEP_KEYS if k in rollout] + (["stack0"] if "stack0" in rollout else [])
+
+
+def from_rollout(rollout):
+    """The learner batch of one rollout's N sequences: a RolloutWorker's numpy arrays [T+1, N, ...]
+    as CPU tensors (sharing their memory) and its core state. Compact Atari frames stay compact
+    (the learner rebuilds the stacks on its device; to_device(batch, "cpu") does it here)."""
+    # In place where the arrays allow it; a read-only one (fetched through Ray) is copied once.
+    batch = {k: torch.from_numpy(np.require(rollout[k], requirements=("C", "W"))) for k in rollout_keys(rollout)}
+    batch["core_state"] = tuple(rollout["core_state"])
+    return batch
 
 
 def rebuild_obs(frames, stack0, stack_reset):

@@ -7,20 +7,21 @@
 A rollout's N sequences may be split over batches (B need not be a multiple of N, nor N of B).
 Each batch is built with one copy of every array: np.concatenate straight into `out`, the
 caller's (pinned) host buffers, when given. With `max_policy_lag` > 0, sequences that acted with
-weights more than that many updates older than `learner_version` are dropped (and counted in
-`dropped`) instead of trained on.
+weights more than that many updates older than `learner_version` are dropped (counted in
+`dropped`, and reported to `on_drop(n)`) instead of trained on. The keys a batch takes from a
+rollout are learner.batch.rollout_keys', as for one rollout (learner.batch.from_rollout).
 """
 import collections
 
 import numpy as np
 import torch
 
-from learner.batch import STEP_KEYS
+from learner.batch import rollout_keys
 
 
 class Batcher:
-    def __init__(self, batch_size, max_policy_lag=0):
-        self.batch_size, self.max_policy_lag = batch_size, max_policy_lag
+    def __init__(self, batch_size, max_policy_lag=0, on_drop=None):
+        self.batch_size, self.max_policy_lag, self.on_drop = batch_size, max_policy_lag, on_drop
         self.pending = collections.deque()     # [rollout, first unused sequence]
         self.dropped = 0                       # sequences dropped as too old
 
@@ -37,13 +38,16 @@ class Batcher:
     def _drop_stale(self, learner_version):
         if self.max_policy_lag <= 0:
             return
-        keep = collections.deque()
+        keep, dropped = collections.deque(), 0
         for rollout, used in self.pending:
             if learner_version - rollout["version"] > self.max_policy_lag:
-                self.dropped += rollout["first"].shape[1] - used
+                dropped += rollout["first"].shape[1] - used
             else:
                 keep.append([rollout, used])
         self.pending = keep
+        self.dropped += dropped
+        if dropped and self.on_drop is not None:
+            self.on_drop(dropped)
 
     def take(self, learner_version, out=None):
         """(batch, versions): B sequences as a dict of tensors (CPU, or `out`'s), and the weights
@@ -64,7 +68,7 @@ class Batcher:
                 self.pending[0][1] = used + n
         first = parts[0][0]
         batch = {}
-        for key in [k for k in STEP_KEYS if k in first] + (["stack0"] if "stack0" in first else []):
+        for key in rollout_keys(first):
             axis = 0 if key == "stack0" else 1
             pieces = [r[key][a:b] if axis == 0 else r[key][:, a:b] for r, a, b in parts]
             if out is not None:
@@ -88,7 +92,7 @@ def host_buffers(rollout, batch_size, pin):
         t = torch.empty(shape, dtype=dtype)
         return t.pin_memory() if pin else t
     out = {}
-    for key in [k for k in STEP_KEYS if k in rollout] + (["stack0"] if "stack0" in rollout else []):
+    for key in rollout_keys(rollout):
         x = rollout[key]
         shape = (batch_size, *x.shape[1:]) if key == "stack0" else (x.shape[0], batch_size, *x.shape[2:])
         out[key] = empty(shape, torch.from_numpy(np.empty(0, x.dtype)).dtype)

@@ -28,14 +28,14 @@ from pathlib import Path
 
 from configs import ConfigError, config_to_dict, config_yaml
 from configs.errors import Error
-
 from configs.files import atomic_write
-from . import cluster
 
+from . import cluster
 
 # A run's score: the mean return of its last RETURN_WINDOW games, in the progress bar, the summary,
 # checkpoints ("recent_returns"), tune's metric and compare's tables and curves.
 RETURN_WINDOW = 100
+
 
 def env_dirname(env_id):
     """An env id as one path component: 'ALE/Pong-v5' -> 'ALE_Pong-v5'."""

@@ -1,14 +1,16 @@
 """The IMPALA learner loop: rollouts in from the Ray actors as they come, batches of B sequences
 through the Learner, weights out through the object store.
 
+runtime/serial.py is the same algorithm in one process, without Ray; this is its distributed form.
 `LearnerService` runs inside a Ray actor (on a GPU when the cluster has one) and owns the rollout
 actors. The driver (runtime/driver.py) calls `run(seconds)` again and again: each call trains for
 about that long and reports what happened, so the driver can log, checkpoint and stop between calls.
 
 The data path, per update (threads, so that each overlaps the others):
-- the loader thread waits for finished rollouts, fetches each once (`ray.get`), resubmits the
-  actor, and concatenates B sequences straight into one of three rotating host buffers (pinned on
-  CUDA, then copied to the GPU on a side stream with an event the update waits for);
+- the loader thread fetches finished rollouts once each (`ray.get`) and resubmits their actors
+  (`_fetch`), and concatenates B sequences straight into one of three rotating host buffers
+  (pinned on CUDA, then copied to the GPU on a side stream with an event the update waits for:
+  `_stage`);
 - the main thread (`run`) trains on the batch ready while the loader builds the next;
 - the publisher thread turns the newest weights (flattened on the device after each update, or
   every run.publish_interval) into one numpy buffer in the object store and hands its reference to
@@ -17,13 +19,13 @@ The data path, per update (threads, so that each overlaps the others):
 Back-pressure: each actor has at most run.max_rollouts_in_flight rollout calls pending, the
 loader fetches no more than run.learner_queue_size rollouts ahead of the update, and a call is
 issued only while the sequences asked for and not yet handed to an update (in flight, fetched,
-batched) stay within one rollout per actor plus one batch. Memory stays flat however long the run,
+batched) stay within one rollout per actor plus one batch (runtime/credits.py). Memory stays flat however long the run,
 and the data stays fresh when the learner is the bottleneck: a rollout starts (and fetches the
 newest weights) only when the learner will reach it soon, so learner/policy_lag stays within
 (total envs / batch size) + 1 updates, whatever max_rollouts_in_flight is; actors that outrun the
 learner wait instead of acting on weights that are old by the time they are trained on. A dead
 actor is restarted by Ray (max_restarts=-1); its failed calls are counted in actors/restarts and
-resubmitted.
+asked again.
 """
 import collections
 import math
@@ -38,20 +40,16 @@ import ray
 import ray.util.scheduling_strategies
 import torch
 
-from actors.rollout import RolloutWorker
-from actors.weights import flatten
+from actors.rollout import RolloutWorker, worker_seed
+from actors.flat_weights import flatten
 from configs import config_from_dict
 from learner import Learner, checkpoint
 
 from .batcher import Batcher, host_buffers
-from .weights import WeightsHolder
+from .credits import Credits
+from .weights_holder import WeightsHolder
 
 BUFFERS = 3     # host buffers in rotation: one being filled, one queued, one being trained on
-
-
-def worker_seed(seed, index, num_envs):
-    """Disjoint env seed ranges per actor (env j of actor i gets base + i * num_envs + j)."""
-    return seed * 1_000_003 + index * num_envs
 
 
 def queue_size(cfg, num_envs):
@@ -98,26 +96,27 @@ class LearnerService:
                              f"fewer than a batch of {cfg.learner.batch_size} sequences: raise it to at least "
                              f"{math.ceil(cfg.learner.batch_size / self.num_envs)}, or 0 for the default")
         self._publish_now()                 # version 0 (or the checkpoint's) before any rollout asks
-        self.batcher = Batcher(cfg.learner.batch_size, rc.max_policy_lag)
+        # Credits for the sequences asked for and not yet handed to an update: one rollout per actor,
+        # plus what a batch still waits for while its last rollout runs (so that the actors who
+        # finished it keep stepping). With rollouts of a whole batch the data is (total envs / B)
+        # updates old when the learner is the bottleneck, +1 if the publisher is late.
+        self.credits = Credits(rc.num_actors * self.num_envs + max(cfg.learner.batch_size - self.num_envs, 0))
+        # Stale sequences the batcher drops give their credits back, as a trained batch does.
+        self.batcher = Batcher(cfg.learner.batch_size, rc.max_policy_lag, on_drop=self.credits.release)
         self.in_flight = {}                 # ObjectRef -> worker index
         self._wanting = collections.deque()  # worker indices owed a call, first come first served
-        self._ahead = 0                     # sequences asked for and not yet handed to an update
-        # One rollout per actor, plus what a batch still waits for while its last rollout runs (so
-        # that the actors who finished it keep stepping): with rollouts of a whole batch the data is
-        # (total envs / B) updates old when the learner is the bottleneck, +1 if the publisher is late.
-        self._ahead_cap = rc.num_actors * self.num_envs + max(cfg.learner.batch_size - self.num_envs, 0)
-        self._dropped_seen = 0
         self.restarts = 0
         self.lost_rollouts = 0              # rollouts whose objects were lost (a node died holding them)
         self.peak_queued = 0                # the most rollouts fetched and waiting to be batched
         self.batches = queue.Queue(maxsize=1)
-        self._events = []                   # (episodes, restart) reports from the loader thread
+        self._events = []                   # the games each fetched rollout finished, for run()'s report
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._failure = None
         self._to_publish, self._publish_ready = None, threading.Event()
         self.device = self.learner.device
         self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._buffers, self._copied, self._turn = None, [None] * BUFFERS, 0   # _stage's rotating host buffers
         for _ in range(rc.max_rollouts_in_flight):    # every actor's first call before any second
             for i in range(len(self.workers)):
                 self._want(i)
@@ -134,7 +133,7 @@ class LearnerService:
 
         from actors.envs import make_env
         from actors.inference import InferenceServer
-        probe = make_env(dataclasses.replace(cfg.env, num_threads=1), cfg.env.env_batches, 0)   # the spaces only
+        probe = make_env(dataclasses.replace(cfg.env, num_threads=1, num_envs=cfg.env.env_batches), 0)   # spaces only
         space, actions = probe.observation_space, probe.num_actions
         probe.close()
         concurrency = cfg.run.num_actors * cfg.env.env_batches + 8
@@ -142,9 +141,6 @@ class LearnerService:
             num_cpus=cfg.run.inference_cpus, num_gpus=cfg.run.inference_gpus, max_concurrency=concurrency,
             max_restarts=-1, scheduling_strategy="DEFAULT", name=self.names["inference-server"]).remote(
                 cfg, space, actions, self.names["weights-holder"], cfg.run.seed)
-
-    def inference_stats(self):
-        return None if self.server is None else ray.get(self.server.stats.remote())
 
     # -- threads ------------------------------------------------------------------------------------
 
@@ -158,85 +154,82 @@ class LearnerService:
         self._wanting.append(i)
 
     def _issue(self):
-        """Give the actors owed a call theirs, while the sequences ahead of the update stay within
-        self._ahead_cap (so that no rollout starts long before it is used)."""
-        with self._lock:
-            n = 0
-            while n < len(self._wanting) and self._ahead + self.num_envs <= self._ahead_cap:
-                self._ahead += self.num_envs
-                n += 1
-        for _ in range(n):
+        """Give the actors owed a call theirs while the credits last (so that no rollout starts
+        long before the update reaches it)."""
+        while self._wanting and self.credits.reserve(self.num_envs):
             i = self._wanting.popleft()
             self.in_flight[self.workers[i].rollout.remote()] = i
 
-    def _forget(self, sequences):
-        with self._lock:
-            self._ahead -= sequences
-
     def _load(self):
-        """Fetch finished rollouts (at most queue_size ahead), batch them into rotating buffers."""
-        buffers, events, turn = None, [None] * BUFFERS, 0
+        """The loader thread: issue the calls the credits allow, fetch finished rollouts, stage batches."""
         while not self._stop.is_set():
             self._issue()
-            if self.batcher.rollouts() < self.queue_size and self.in_flight:
-                ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=0.05)
-                for ref in ready:
-                    i = self.in_flight.pop(ref)
-                    try:
-                        rollout = ray.get(ref)
-                    except ray.exceptions.RayError as e:
-                        if isinstance(e, ray.exceptions.RayTaskError) and \
-                                not isinstance(getattr(e, "cause", None), ray.exceptions.RayError):
-                            raise                   # the rollout code itself failed: a bug, not a loss
-                        # The actor died (Ray restarts it) or its rollout was lost with a node: drop
-                        # the rollout, count it, ask the actor again.
-                        with self._lock:
-                            if isinstance(e, ray.exceptions.RayActorError):
-                                self.restarts += 1
-                            else:
-                                self.lost_rollouts += 1
-                        print(f"[learner] actor {i}: rollout lost ({type(e).__name__}); asking again", flush=True)
-                        self._forget(self.num_envs)
-                        self._want(i)
-                        continue
-                    self._want(i)
-                    with self._lock:
-                        self._events.append(rollout.pop("episodes"))
-                    self.batcher.add(rollout)
-                    self.peak_queued = max(self.peak_queued, self.batcher.rollouts())
-            elif not self.in_flight:
-                time.sleep(0.005)       # every call the cap allows is back: wait for the update
-            if self.batcher.sequences() < self.cfg.learner.batch_size:
-                if self.batcher.rollouts() >= self.queue_size:
-                    time.sleep(0.005)   # stale drops only: wait for the update to move on
+            waited = self._fetch()
+            if not self._stage() and not waited:
+                time.sleep(0.005)       # nothing to fetch or stage yet: wait for the actors or the update
+
+    def _fetch(self):
+        """Wait briefly for finished rollouts, while fewer than queue_size are fetched and not yet
+        batched, and hand them to the batcher; False if there was nothing to wait for. A rollout
+        lost with its actor or node is counted, its credits given back, its actor asked again."""
+        if self.batcher.rollouts() >= self.queue_size or not self.in_flight:
+            return False
+        ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=0.05)
+        for ref in ready:
+            i = self.in_flight.pop(ref)
+            self._want(i)
+            try:
+                rollout = ray.get(ref)
+            except ray.exceptions.RayError as e:
+                if isinstance(e, ray.exceptions.RayTaskError) and \
+                        not isinstance(getattr(e, "cause", None), ray.exceptions.RayError):
+                    raise                   # the rollout code itself failed: a bug, not a loss
+                # The actor died (Ray restarts it) or its rollout was lost with a node.
+                with self._lock:
+                    if isinstance(e, ray.exceptions.RayActorError):
+                        self.restarts += 1
+                    else:
+                        self.lost_rollouts += 1
+                print(f"[learner] actor {i}: rollout lost ({type(e).__name__}); asking again", flush=True)
+                self.credits.release(self.num_envs)
                 continue
-            if buffers is None:
-                first = self.batcher.pending[0][0]
-                buffers = [host_buffers(first, self.cfg.learner.batch_size, pin=self._copy_stream is not None)
-                           for _ in range(BUFFERS)]
-            if events[turn] is not None:
-                events[turn].synchronize()          # its last copy to the GPU is done: free to refill
-            taken = self.batcher.take(self.learner.version, out=buffers[turn])
-            if self.batcher.dropped != self._dropped_seen:     # stale sequences leave the count too
-                self._forget(self.batcher.dropped - self._dropped_seen)
-                self._dropped_seen = self.batcher.dropped
-            if taken is None:
+            with self._lock:
+                self._events.append(rollout.pop("episodes"))
+            self.batcher.add(rollout)
+            self.peak_queued = max(self.peak_queued, self.batcher.rollouts())
+        return True
+
+    def _stage(self):
+        """Take B sequences into the next of the rotating host buffers (on CUDA copied to the GPU on
+        a side stream) and queue them for the update; False while fewer than B are fetched."""
+        B = self.cfg.learner.batch_size
+        if self.batcher.sequences() < B:
+            return False
+        if self._buffers is None:
+            first = self.batcher.pending[0][0]
+            self._buffers = [host_buffers(first, B, pin=self._copy_stream is not None) for _ in range(BUFFERS)]
+        turn = self._turn
+        if self._copied[turn] is not None:
+            self._copied[turn].synchronize()     # its last copy to the GPU is done: free to refill
+        taken = self.batcher.take(self.learner.version, out=self._buffers[turn])
+        if taken is None:                        # stale sequences were dropped: fewer than B are left
+            return True
+        batch, versions = taken
+        if self._copy_stream is not None:
+            with torch.cuda.stream(self._copy_stream):
+                batch = {k: tuple(s.to(self.device, non_blocking=True) for s in v) if k == "core_state"
+                         else v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                self._copied[turn] = torch.cuda.Event()
+                self._copied[turn].record(self._copy_stream)
+        item = (batch, versions, self._copied[turn])
+        self._turn = (turn + 1) % BUFFERS
+        while not self._stop.is_set():
+            try:
+                self.batches.put(item, timeout=0.1)
+                break
+            except queue.Full:
                 continue
-            batch, versions = taken
-            if self._copy_stream is not None:
-                with torch.cuda.stream(self._copy_stream):
-                    batch = {k: tuple(s.to(self.device, non_blocking=True) for s in v) if k == "core_state"
-                             else v.to(self.device, non_blocking=True) for k, v in batch.items()}
-                    events[turn] = torch.cuda.Event()
-                    events[turn].record(self._copy_stream)
-            item = (batch, versions, events[turn])
-            turn = (turn + 1) % BUFFERS
-            while not self._stop.is_set():
-                try:
-                    self.batches.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+        return True
 
     def _publish(self):
         """Put the newest flattened weights in the object store and hand them to the holder."""
@@ -265,8 +258,6 @@ class LearnerService:
         learner = self.learner
         total = self.cfg.run.total_frames if until_frames is None else min(until_frames, self.cfg.run.total_frames)
         start, frames0 = time.monotonic(), learner.frames
-        with self._lock:
-            restarts0 = self.restarts
         stats, lags, waited = defaultdict(list), [], 0.0
         while time.monotonic() - start < seconds and learner.frames < total:
             if self._failure is not None:
@@ -278,7 +269,7 @@ class LearnerService:
                 waited += time.monotonic() - t0
                 continue
             waited += time.monotonic() - t0
-            self._forget(self.cfg.learner.batch_size)   # room for the next call (the loader issues it)
+            self.credits.release(self.cfg.learner.batch_size)   # room for the next call (the loader issues it)
             if event is not None:          # the side stream's copy, before the update reads it
                 stream = torch.cuda.current_stream(self.device)
                 stream.wait_event(event)
@@ -306,8 +297,7 @@ class LearnerService:
             restarts = self.restarts
         report["actors/restarts"] = float(restarts)
         report["actors/lost_rollouts"] = float(self.lost_rollouts)
-        return {"frames": learner.frames, "version": learner.version, "stats": report,
-                "episodes": episodes, "new_restarts": restarts - restarts0}
+        return {"frames": learner.frames, "version": learner.version, "stats": report, "episodes": episodes}
 
     def checkpoint_payload(self, extra):
         """Everything needed to continue, as plain data (the driver writes it atomically)."""

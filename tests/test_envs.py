@@ -33,17 +33,29 @@ def run(env, steps, action_fn):
     ("popgym-RepeatPreviousEasy-v0", 4, (4,), np.float32, 1),  # Discrete(4) obs -> one-hot of 4
 ])
 def test_spaces_shapes_dtypes(env_id, num_actions, obs_shape, obs_dtype, frames):
-    env = make_env(cfg(env_id, env_batches=2), num_envs=4, seed=0)
+    """Shapes and dtypes of every output, and the finished games each step lists: exactly the envs
+    whose `first` is set (these envs have no lives: an episode is a game), each with the sum of its
+    rewards and its number of steps, as tallied here from the step outputs themselves."""
+    env = make_env(cfg(env_id, env_batches=2, num_envs=4, max_episode_frames=400), seed=0)   # Pong: 100 steps
+    rng = np.random.default_rng(0)
     try:
         assert env.num_envs == 4 and env.num_actions == num_actions and env.frames_per_step == frames
         assert env.observation_space.shape == obs_shape and env.observation_space.dtype == obs_dtype
         obs = env.reset()
         assert obs.shape == (4, *obs_shape) and obs.dtype == obs_dtype
-        obs, reward, first, episodes = env.step(np.zeros(4, np.int64))
-        assert obs.shape == (4, *obs_shape) and obs.dtype == obs_dtype
-        assert reward.shape == (4,) and reward.dtype == np.float32
-        assert first.shape == (4,) and first.dtype == np.bool_
-        assert isinstance(episodes, list)
+        running, steps, games = np.zeros(4), np.zeros(4, np.int64), np.zeros(4, np.int64)
+        for _ in range(150):
+            obs, reward, first, episodes = env.step(rng.integers(0, num_actions, 4))
+            assert obs.shape == (4, *obs_shape) and obs.dtype == obs_dtype
+            assert reward.shape == (4,) and reward.dtype == np.float32
+            assert first.shape == (4,) and first.dtype == np.bool_
+            running, steps = running + reward, steps + 1
+            ended = np.flatnonzero(first)
+            assert [k for k, _, _ in episodes] == list(ended)
+            assert [n for _, _, n in episodes] == list(steps[ended])
+            assert [r for _, r, _ in episodes] == pytest.approx(list(running[ended]))
+            running[ended], steps[ended], games[ended] = 0, 0, games[ended] + 1
+        assert (games >= 1).all(), games      # every env finished a game: the check did run
     finally:
         env.close()
 
@@ -51,7 +63,7 @@ def test_spaces_shapes_dtypes(env_id, num_actions, obs_shape, obs_dtype, frames)
 def test_popgym_tuple_observation_is_one_hot():
     # Autoencode observes Tuple(Discrete(2), Discrete(4)): expect [one_hot(a, 2), one_hot(b, 4)].
     env_id = "popgym-AutoencodeEasy-v0"
-    env = make_env(cfg(env_id), num_envs=2, seed=7)
+    env = make_env(cfg(env_id, num_envs=2), seed=7)
     obs = env.reset()
     env.close()
     for k in range(2):
@@ -74,7 +86,7 @@ def cartpole_action(k, t):
 ])
 def test_first_convention_matches_single_envs_by_hand(env_id, env_batches, n, steps, min_episodes, min_truncations):
     seed = 5
-    env = make_env(cfg(env_id, env_batches=env_batches), num_envs=n, seed=seed)
+    env = make_env(cfg(env_id, env_batches=env_batches, num_envs=n), seed=seed)
     obs0 = env.reset()
     got = run(env, steps, cartpole_action)
     env.close()
@@ -104,7 +116,7 @@ def test_first_convention_matches_single_envs_by_hand(env_id, env_batches, n, st
 
 def test_gym_seeding_is_reproducible():
     def rollout(seed):
-        env = make_env(cfg("CartPole-v1"), num_envs=3, seed=seed)
+        env = make_env(cfg("CartPole-v1", num_envs=3), seed=seed)
         obs = [env.reset()] + run(env, 60, cartpole_action)["obs"]
         env.close()
         return np.stack(obs)
@@ -120,7 +132,7 @@ def test_atari_episodic_life_and_raw_game_scores():
     AtariVectorEnv without a life-loss signal: same frames and rewards (the game is NOT reset at a
     life loss), first at every life loss and game over, episodes = whole games' raw scores."""
     n, seed, steps = 2, 1, 1500
-    env = make_env(cfg("ALE/SpaceInvaders-v5"), num_envs=n, seed=seed)
+    env = make_env(cfg("ALE/SpaceInvaders-v5", num_envs=n), seed=seed)
     ref = AtariVectorEnv("space_invaders", n, num_threads=1, autoreset_mode="SameStep",
                          reward_clipping=False, episodic_life=False, life_loss_info=False)
     obs = env.reset()
@@ -158,7 +170,7 @@ def test_fire_then_action_2_after_every_life_loss_on_breakout():
     (action 2) played for it on the two steps after each life loss, the frames match the raw env
     given those actions, and the ball relaunches every time, so all 5 lives go."""
     n, seed = 2, 3
-    env = make_env(cfg("ALE/Breakout-v5", fire_on_life_loss=True), num_envs=n, seed=seed)
+    env = make_env(cfg("ALE/Breakout-v5", fire_on_life_loss=True, num_envs=n), seed=seed)
     ref = AtariVectorEnv("breakout", n, num_threads=1, autoreset_mode="SameStep", reward_clipping=False,
                          episodic_life=False, life_loss_info=False)
     obs = env.reset()
@@ -188,11 +200,11 @@ def test_fire_then_action_2_after_every_life_loss_on_breakout():
 
 def test_atari_frame_cap_ends_the_game():
     # 400 frames at frame skip 4: every Pong game (far longer than that) is cut at agent step 100.
-    env = make_env(cfg("ALE/Pong-v5", max_episode_frames=0), num_envs=2, seed=0)   # 0: no cap
+    env = make_env(cfg("ALE/Pong-v5", max_episode_frames=0, num_envs=2), seed=0)   # 0: no cap
     env.reset()
     assert not np.array(run(env, 20, lambda k, t: 0)["first"]).any()
     env.close()
-    env = make_env(cfg("ALE/Pong-v5", max_episode_frames=400), num_envs=2, seed=0)
+    env = make_env(cfg("ALE/Pong-v5", max_episode_frames=400, num_envs=2), seed=0)
     env.reset()
     rng = np.random.default_rng(0)
     out = run(env, 250, lambda k, t: rng.integers(0, 6))
@@ -214,13 +226,13 @@ def test_groups_round_robin_and_per_env_streams(env_id):
     rngs = [np.random.default_rng(100 + k) for k in range(n)]
     actions = [[int(r.integers(0, 2)) for _ in range(rounds)] for r in rngs]   # per env, per its own step
 
-    sync = make_env(cfg(env_id), num_envs=n, seed=seed)
+    sync = make_env(cfg(env_id, num_envs=n), seed=seed)
     expected_obs0 = sync.reset()
     exp_steps = [sync.step(np.array([actions[k][t] for k in range(n)])) for t in range(rounds)]
     sync.close()
     assert sum(len(step[3]) for step in exp_steps) >= n   # games do end within the run
 
-    env = make_env(cfg(env_id, env_batches=2), num_envs=n, seed=seed)
+    env = make_env(cfg(env_id, env_batches=2, num_envs=n), seed=seed)
     assert [ids.tolist() for ids in env.groups] == [[0, 1], [2, 3]]
     obs0 = env.reset()
     np.testing.assert_array_equal(obs0, expected_obs0)
@@ -244,7 +256,7 @@ def test_groups_round_robin_and_per_env_streams(env_id):
 
 
 def test_send_recv_misuse_is_refused():
-    env = make_env(cfg("CartPole-v1", env_batches=2), num_envs=4, seed=0)
+    env = make_env(cfg("CartPole-v1", env_batches=2, num_envs=4), seed=0)
     env.reset()
     with pytest.raises(RuntimeError, match="no group in flight"):
         env.recv()
@@ -271,7 +283,7 @@ def test_unknown_ids_name_the_id_and_the_valid_forms():
     with pytest.raises(ValueError, match="use the vectorised form ALE/Pong-v5"):
         check_env_id("PongNoFrameskip-v4")
     with pytest.raises(ValueError, match="unknown env id 'Foo-v0'"):
-        make_env(cfg("Foo-v0"), num_envs=2, seed=0)
+        make_env(cfg("Foo-v0", num_envs=2), seed=0)
     for good in ["ALE/Pong-v5", "CartPole-v1", "popgym-RepeatFirstMedium-v0"]:
         check_env_id(good)
 
@@ -279,9 +291,9 @@ def test_unknown_ids_name_the_id_and_the_valid_forms():
 @pytest.mark.parametrize("env_id, space", [("Pendulum-v1", "Box"), ("popgym-MineSweeperEasy-v0", "MultiDiscrete")])
 def test_non_discrete_action_spaces_are_refused(env_id, space):
     with pytest.raises(ValueError, match=f"action space {space}.*only Discrete"):
-        make_env(cfg(env_id), num_envs=2, seed=0)
+        make_env(cfg(env_id, num_envs=2), seed=0)
 
 
 def test_groups_must_divide_num_envs():
     with pytest.raises(ValueError, match="multiple of env.env_batches"):
-        make_env(cfg("CartPole-v1", env_batches=3), num_envs=4, seed=0)
+        make_env(cfg("CartPole-v1", env_batches=3, num_envs=4), seed=0)

@@ -10,10 +10,10 @@ import torch
 import actors.rollout as rollout_module
 from actors.inference import InferenceServer
 from actors.rollout import RolloutWorker
-from actors.weights import flatten
+from actors.flat_weights import flatten
 from agents import Agent
 from configs import load_config
-from runtime.weights import WeightsHolder
+from runtime.weights_holder import WeightsHolder
 
 
 class PeakedAgent(Agent):
@@ -94,11 +94,43 @@ def test_a_bad_request_gets_a_clear_error_and_the_others_are_served(ray_session)
     ray.kill(server)
 
 
+def test_a_worker_the_server_does_not_know_registers_again_and_plays_seeded_random_actions(ray_session):
+    """A server that has forgotten a worker (as a restarted one has) answers with the typed
+    NotRegistered error; the worker recognises it across Ray by its class, registers again and
+    plays the lost step with uniform random actions from its own generator, seeded with its seed
+    (zero logits mark those rows)."""
+    cfg = load_config("cartpole", ["env.num_envs=4", "env.env_batches=2", "learner.unroll_length=10"])
+    seed = 4
+    probe = RolloutWorker(cfg, seed=0)
+    info = probe.info()
+    probe.close()
+    servers = [ray.remote(InferenceServer).options(max_concurrency=8).remote(cfg, info["observation_space"],
+                                                                            info["num_actions"]) for _ in range(2)]
+    worker = RolloutWorker(cfg, seed=seed, inference=servers[0])
+    worker.rollout()
+    worker.server = servers[1]                       # never told of this worker
+    rollouts = [worker.rollout() for _ in range(2)]
+    assert ray.get(servers[1].stats.remote())["envs"] > 0     # registered there, and served
+    lost = [(t, ids) for r in rollouts for t in range(10)
+            for ids in ([0, 1], [2, 3]) if not r["logits"][t, ids].any()]
+    assert 1 <= len(lost) <= 2                       # each group's first request to the new server
+    played = np.concatenate([r["action"][t, ids] for r in rollouts for t in range(10)
+                             for ids in ([0, 1], [2, 3]) if not r["logits"][t, ids].any()])
+    rng = np.random.default_rng(seed)
+    np.testing.assert_array_equal(played, np.concatenate([rng.integers(0, 2, 2) for _ in lost]))
+    worker.close()
+    for server in servers:
+        ray.kill(server)
+
+
 def test_training_through_central_inference_learns_cartpole_and_survives_a_killed_actor(tmp_path, ray_session,
                                                                                           restart_args_errors):
+    """CartPole through the server with rdn, the project's core, whose fast-weight states the server
+    keeps: measured on a loaded 2-core box, the mean return of the last 100 games passed 60 at 35k
+    frames and reached 230 at 80k, with an actor killed at 20k (the lstm needs ~120k to pass 60)."""
     from runtime.driver import Training
-    cfg = load_config("cartpole", ["run.inference=central", "run.total_frames=150000", "run.log_interval_s=2",
-                                   "model.core=lstm", f"run.logdir={tmp_path}"])
+    cfg = load_config("cartpole", ["run.inference=central", "run.total_frames=80000", "run.log_interval_s=2",
+                                   "model.core=rdn", f"run.logdir={tmp_path}"])
     killed = []
 
     def kill_one(report, service):
@@ -107,6 +139,6 @@ def test_training_through_central_inference_learns_cartpole_and_survives_a_kille
             ray.get(service.kill_worker.remote(0))
         return False
     summary = Training(cfg).run(progress=False, on_report=kill_one)
-    assert killed and summary["frames"] >= 150000
+    assert killed and summary["frames"] >= 80000
     assert summary["final_return"] > 60, summary          # random play: ~22
     assert not restart_args_errors()                     # holder and server passed by name

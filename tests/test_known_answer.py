@@ -1,5 +1,5 @@
 """The whole learning path on an env whose answer is known: rollout worker -> batch -> V-trace
-learner, in one process. If actions, observations, rewards or episode ends were misaligned
+learner, in one process (runtime/serial.py's loop). If actions, observations, rewards or episode ends were misaligned
 anywhere on the way, the optimal policy could not be learned and the values would be wrong.
 
 CueMatch: each observation shows a cue c in {0, 1} (one-hot, drawn afresh every step); the action
@@ -19,8 +19,8 @@ import torch
 
 from actors.rollout import RolloutWorker
 from configs import load_config
-from learner import Learner
-from learner.batch import KEYS
+from learner.batch import from_rollout
+from runtime.serial import SerialTrainer
 
 ENV_ID = "tests/CueMatch-v0"
 GAMMA, R, P = 0.9, (0.5, 1.0), (0.1, 0.3)
@@ -50,26 +50,21 @@ if ENV_ID not in gym.registry:
     gym.register(ENV_ID, entry_point=CueMatch)
 
 
-def _batch(rollout):
-    batch = {k: torch.from_numpy(rollout[k]) for k in KEYS if k != "core_state"}
-    batch["core_state"] = rollout["core_state"]
-    return batch
-
-
 @pytest.mark.parametrize("core", ["lstm", "rdn"])
 def test_v_trace_learns_the_optimal_policy_and_value(core):
     cfg = load_config(overrides=[
         f"env.id={ENV_ID}", "env.num_envs=16", "env.env_batches=1", f"model.core={core}",
         "model.hidden_size=16", "core.d_model=16", "core.num_layers=1", "core.num_heads=2",
         "core.head_dim=8", "core.ff_dim=32", "core.hidden_size=16", "learner.unroll_length=10",
+        "learner.batch_size=16",
         f"learner.discount={GAMMA}", "learner.optimizer=adam", "learner.lr=3e-3",
         "run.total_frames=48000", "learner.loss_reduction=mean", "learner.entropy_cost=0.001",
         "model.init=orthogonal", "learner.device=cpu"])
     worker = RolloutWorker(cfg, seed=3)
-    info = worker.info()
-    learner = Learner(cfg, info["observation_space"], info["num_actions"])
-    for update in range(300):   # 300 x 16 envs x 10 steps: the lr decays to 0 over them
-        learner.step(_batch(worker.rollout(learner.weights())))
+    trainer = SerialTrainer(cfg, worker)   # one rollout of 16 envs = one batch
+    trainer.run()                          # 300 x 16 envs x 10 steps: the lr decays to 0 over them
+    learner = trainer.learner
+    assert learner.version == 300
 
     # Fresh rollouts with the final weights (their behaviour logits are the learned policy); chance
     # is 0.5, and a random policy's values are half the optimal ones.
@@ -80,7 +75,7 @@ def test_v_trace_learns_the_optimal_policy_and_value(core):
         probs = torch.softmax(torch.from_numpy(rollout["logits"][:-1]), -1).numpy()
         p_match.append(np.take_along_axis(probs, cue[..., None], -1).mean())
         with torch.no_grad():
-            b = _batch(rollout)
+            b = from_rollout(rollout)
             values = learner.agent.unroll(b["obs"], b["reward"], b["first"], b["core_state"])[1].numpy()
         for c in (0, 1):
             value[c].extend(values[:-1][cue == c])

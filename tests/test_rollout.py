@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from actors.rollout import RolloutWorker
+from agents import Agent
 from configs import load_config
-from learner.batch import rebuild_obs
+from learner.batch import from_rollout, to_device
 
 
 def _cfg(env_batches, core="rdn", use_last_action=True):
@@ -62,22 +63,36 @@ def test_unroll_from_the_travelling_state_reproduces_the_behaviour_logits(core, 
     worker = RolloutWorker(cfg, seed=3)
     agent = worker.agent
     for _ in range(5):
-        r = worker.rollout()
-        logits, _ = agent.unroll(torch.from_numpy(r["obs"]), torch.from_numpy(r["reward"]),
-                                 torch.from_numpy(r["first"]), r["core_state"],
-                                 torch.from_numpy(r["last_action"]))
+        b = from_rollout(worker.rollout())          # the learner's batch of this rollout
+        logits, _ = agent.unroll(b["obs"], b["reward"], b["first"], b["core_state"], b["last_action"])
         # Row T is acted on in the next rollout: only rows 0..T-1 carry behaviour logits.
-        torch.testing.assert_close(logits[:-1], torch.from_numpy(r["logits"][:-1]), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(logits[:-1], b["logits"][:-1], rtol=1e-5, atol=1e-5)
 
 
 def test_new_weights_are_used_from_the_next_rollout():
+    """Weights handed to rollout k act from its row 1 on: row 0 (the boundary step, played at the
+    end of the previous call) acted with the old weights, and the state it left carries on. Both
+    checked against agents of their own built here, holding the old and the new weights."""
     cfg = _cfg(1, "lstm")
     worker = RolloutWorker(cfg, seed=0)
     worker.rollout()
-    state = {k: v + 0.5 for k, v in worker.agent.state_dict().items()}
-    r = worker.rollout((7, state))
-    assert r["version"] == 7 and worker.version == 7
-    assert all(torch.equal(worker.agent.state_dict()[k], v) for k, v in state.items())
+    old = {k: v.clone() for k, v in worker.agent.state_dict().items()}
+    new = {k: v + 0.05 * torch.randn_like(v) for k, v in old.items()}
+    b = from_rollout(worker.rollout((7, new)))
+    assert worker.version == 7
+    agents = {}
+    for name, weights in (("old", old), ("new", new)):
+        agents[name] = Agent(worker.env.observation_space, worker.env.num_actions, cfg.model, cfg.core,
+                             cfg.learner.reward_clip)
+        agents[name].load_state_dict(weights)
+    with torch.no_grad():
+        _, logits0, state = agents["old"].act(b["obs"][0], b["reward"][0], b["first"][0], b["core_state"],
+                                              b["last_action"][0], greedy=True)
+        logits, _ = agents["new"].unroll(b["obs"][1:], b["reward"][1:], b["first"][1:], state, b["last_action"][1:])
+        stale, _ = agents["old"].unroll(b["obs"][1:], b["reward"][1:], b["first"][1:], state, b["last_action"][1:])
+    torch.testing.assert_close(logits0, b["logits"][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits[:-1], b["logits"][1:-1], rtol=1e-5, atol=1e-5)
+    assert (stale[:-1] - b["logits"][1:-1]).abs().max() > 1e-3     # the old weights would not give them
 
 
 def test_threads_follow_the_actor_cpus(monkeypatch):
@@ -86,9 +101,9 @@ def test_threads_follow_the_actor_cpus(monkeypatch):
 
     real = rollout.make_env
 
-    def spy(env_cfg, num_envs, seed):
+    def spy(env_cfg, seed):
         seen["threads"] = env_cfg.num_threads
-        return real(env_cfg, num_envs, seed)
+        return real(env_cfg, seed)
     monkeypatch.setattr(rollout, "make_env", spy)
     cfg = _cfg(1)
     RolloutWorker(cfg, num_cpus=3)
@@ -108,11 +123,10 @@ def test_actor_bf16_on_atari_ships_float32_and_the_learner_unroll_stays_close():
         r = worker.rollout()
         assert r["logits"].dtype == np.float32 and all(s.dtype == torch.float32 for s in r["core_state"])
         worker.agent.bf16_torso_on_cpu = False     # the learner's float32 unroll of the same data
-        obs = rebuild_obs(*(torch.from_numpy(r[k]) for k in ("frames", "stack0", "stack_reset")))
-        logits, _ = worker.agent.unroll(obs, torch.from_numpy(r["reward"]), torch.from_numpy(r["first"]),
-                                        r["core_state"])
+        b = to_device(from_rollout(r), "cpu")      # the stacks rebuilt from the compact frames
+        logits, _ = worker.agent.unroll(b["obs"], b["reward"], b["first"], b["core_state"])
         worker.agent.bf16_torso_on_cpu = True
-        torch.testing.assert_close(logits[:-1], torch.from_numpy(r["logits"][:-1]), rtol=0, atol=3e-2)
+        torch.testing.assert_close(logits[:-1], b["logits"][:-1], rtol=0, atol=3e-2)
     worker.close()
 
 
@@ -136,7 +150,7 @@ def test_atari_frames_ship_once_and_rebuild_bit_for_bit():
     obs, _ = ref.reset(seed=seed)
     starts = 0
     for r in rollouts:
-        rebuilt = rebuild_obs(*(torch.from_numpy(r[k]) for k in ("frames", "stack0", "stack_reset"))).numpy()
+        rebuilt = to_device(from_rollout(r), "cpu")["obs"].numpy()      # learner.batch.rebuild_obs
         np.testing.assert_array_equal(rebuilt[0], obs)
         for t in range(T):
             obs, *_ = ref.step(r["action"][t])

@@ -74,7 +74,7 @@ def test_atari_run_logs_every_tag_checkpoints_and_resumes(tmp_path):
 
 def _obs_space(cfg):
     from actors.envs import make_env
-    env = make_env(cfg.env, cfg.env.env_batches, 0)
+    env = make_env(cfg.env, 0)
     space = env.observation_space
     env.close()
     return space

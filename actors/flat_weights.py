@@ -5,7 +5,7 @@
     agent.load_state_dict(unflatten(layout, buffer))   # the actor, reading the buffer in place
 
 A state dict of ~70 tensors becomes one contiguous buffer: Ray stores and ships a numpy array
-without pickling each tensor, and an actor reads it where it lies (runtime/weights.py holds the
+without pickling each tensor, and an actor reads it where it lies (runtime/weights_holder.py holds the
 newest version for the actors to fetch).
 """
 import warnings

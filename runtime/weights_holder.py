@@ -6,7 +6,7 @@
 The holder keeps only the newest version's reference, so the object store holds O(1) weight
 versions however many actors there are, and each rollout acts on the newest weights when it
 starts instead of the version current when its call was queued. The payload format is
-actors/weights.py's.
+actors/flat_weights.py's.
 """
 
 
