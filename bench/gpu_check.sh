@@ -173,7 +173,7 @@ PY
 }
 
 step_kernels() {
-  local args=(--dtype float32 bfloat16 --sweep)
+  local args=(--dtype float32 bfloat16 --sweep --sweep-seconds 40)
   (( DRY )) && args+=(--smoke)
   "$PY" bench/kernels.py "${args[@]}"
 }
@@ -185,7 +185,7 @@ step_learner() {
           --warmup 1 --producers 1 --envs 2 --seconds 2 --warmup-s 1)
   else
     args=(--cores rdn lstm --precision fp32 bf16 --pipeline --updates 10 --warmup 3 --producers 4 --envs 8
-          --seconds 8 --warmup-s 3)
+          --seconds 6 --warmup-s 2)
   fi
   "$PY" bench/learner.py "${args[@]}"
 }

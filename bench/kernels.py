@@ -119,6 +119,8 @@ def main():
                         help="then time delta_rule and rdn (float32) with the launch knobs of "
                              "fwp_core/ops/_triton_utils.py changed one at a time: column block, warps, "
                              "CHECKPOINT_EVERY")
+    parser.add_argument("--sweep-seconds", type=float, default=float("inf"),
+                        help="start no new sweep launch after this many seconds (each compiles kernels)")
     opts = parser.parse_args()
     if opts.smoke:
         os.environ["TRITON_INTERPRET"] = "1"  # read when the kernel modules are first imported
@@ -258,32 +260,44 @@ def main():
         print("| shape | rule | launch | forward+backward (ms) | acting step T=1 (ms) | max abs y - y now |\n"
               "|---|---|---|---|---|---|", flush=True)
         saved = {k: getattr(tu, k) for k in ("column_blocks", "warps", "CHECKPOINT_EVERY")}
+        groups = []        # one per (shape, rule): its inputs and its configs, the launch now first
         for shape_name, sh in shapes.items():
             B, T, H, D = sh["B"], sh["T"], sh["H"], sh["D"]
-            label = f"{shape_name} B={B} T={T} H={H} D={D}"
             for rule in ("delta_rule", "rdn"):
                 args, state, reset = rule_inputs(torch, rule, B, T, H, D, device, torch.float32)
                 timed = 4 if rule == "rdn" else len(args)
                 step = [a.detach()[:1] for a in args[:timed]] + [a.detach() for a in args[timed:]]
-                call = lambda a, st, r, rule=rule: getattr(ops, rule)(  # noqa: E731
-                    *a, state=st, reset=r, backend="triton")
-                y_now = None
-                for what, patches in sweep_configs(tu, rule, B, H, D, torch.device(device), opts.smoke):
-                    try:
-                        for k, v in patches.items():
-                            setattr(tu, k, v)
-                        with torch.no_grad():
-                            y = call(args, state, reset)[0]
-                        y_now = y if y_now is None else y_now     # the first config is the launch now
-                        diff = (y - y_now).abs().max().item()
-                        train, act = fwd_bwd_and_step(call, args, state, reset, step, reset[:1])
-                        print(f"| {label} | {rule} | {what} | {train:.3f} | {act:.3f} | {diff:.1e} |", flush=True)
-                    except Exception as e:  # noqa: BLE001  a launch the compiler refuses is a finding
-                        msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:150]
-                        print(f"| {label} | {rule} | {what} | failed: {msg.replace('|', '/')} | - | - |", flush=True)
-                    finally:
-                        for k, v in saved.items():
-                            setattr(tu, k, v)
+                groups.append(dict(label=f"{shape_name} B={B} T={T} H={H} D={D}", rule=rule, args=args, state=state,
+                                   reset=reset, step=step, y_now=None,
+                                   configs=sweep_configs(tu, rule, B, H, D, torch.device(device), opts.smoke)))
+        # Round robin over the groups (each compiles new kernels per config), until --sweep-seconds.
+        order = [(g, g["configs"][i]) for i in range(max(len(g["configs"]) for g in groups)) for g in groups
+                 if i < len(g["configs"])]
+        t0, left = time.monotonic(), 0
+        for n, (g, (what, patches)) in enumerate(order):
+            if time.monotonic() - t0 > opts.sweep_seconds:
+                left = len(order) - n
+                break
+            label, rule = g["label"], g["rule"]
+            call = lambda a, st, r, rule=rule: getattr(ops, rule)(*a, state=st, reset=r, backend="triton")  # noqa: E731
+            try:
+                for k, v in patches.items():
+                    setattr(tu, k, v)
+                with torch.no_grad():
+                    y = call(g["args"], g["state"], g["reset"])[0]
+                if g["y_now"] is None and "(now)" in what:
+                    g["y_now"] = y
+                diff = f"{(y - g['y_now']).abs().max().item():.1e}" if g["y_now"] is not None else "-"
+                train, act = fwd_bwd_and_step(call, g["args"], g["state"], g["reset"], g["step"], g["reset"][:1])
+                print(f"| {label} | {rule} | {what} | {train:.3f} | {act:.3f} | {diff} |", flush=True)
+            except Exception as e:  # noqa: BLE001  a launch the compiler refuses is a finding
+                msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:150]
+                print(f"| {label} | {rule} | {what} | failed: {msg.replace('|', '/')} | - | - |", flush=True)
+            finally:
+                for k, v in saved.items():
+                    setattr(tu, k, v)
+        if left:
+            print(f"\n- sweep stopped at --sweep-seconds {opts.sweep_seconds:g}: {left} of {len(order)} launches not timed")
     return 0
 
 
