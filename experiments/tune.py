@@ -235,7 +235,14 @@ def search(core, base, space, outdir, samples, budget, scheduler="asha", seed=0,
     """Run (or resume) the search of one core; returns its trials as dicts (see write_trials).
     `trainable` replaces run_trial (tests); `base` are (key, value) pairs of the trial config."""
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
     from ray.tune.search import BasicVariantGenerator
+
+    # Tune's own loggers stay off (each trial's run directory holds its curves, and TensorBoard copies
+    # in Tune's folders would double them), all but its result.json: Tune reads it back for the
+    # results, and without it warns "Failed to fetch metrics" for every trial of a good search.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
     core_dir = Path(outdir).resolve() / core
     if trainable is None:
@@ -255,7 +262,7 @@ def search(core, base, space, outdir, samples, budget, scheduler="asha", seed=0,
                                         search_alg=BasicVariantGenerator(
                                             random_state=seed,
                                             max_concurrent=max_concurrent or concurrency(load_config(None, base)))),
-            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0))
+            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0, callbacks=[JsonLoggerCallback()]))
     results = tuner.fit()
     trials = []
     for result in results:
@@ -386,8 +393,6 @@ def tune_cores(config, env, cores, samples, budget, outdir, space_path=None, ove
                             "(use choice for a list of values)")
         if scheduler == "pbt" and samples < 2:
             raise TuneError("--scheduler pbt needs a population: --samples 2 or more (4 or more to be useful)")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")   # our run dirs hold the curves
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     first = load_config(None, bases[cores[0]])
     # PBT needs its population alive at once (trials exploit only trials still running): a local
     # Ray gets logical CPUs for every trial, sharing the cores; ASHA and FIFO run what fits.

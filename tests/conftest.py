@@ -16,27 +16,47 @@ if not torch.cuda.is_available():
 
 @pytest.fixture(scope="module")
 def ray_session():
-    """A local Ray session for one test module, with CPUs for a CartPole run of 3 actors (4)."""
+    """The local Ray session the tests share: started by the first module that needs it and kept
+    to the end (each start and shutdown costs seconds), with 6 logical CPUs: room for two CartPole
+    runs (2 actors + a learner each) side by side. A test that needs Ray to itself shuts it down
+    (test_drills.py); the next module that asks starts it again."""
     import ray
 
     from configs import load_config
     from runtime import cluster
-    cluster.start_ray(load_config("cartpole", ["run.num_actors=3"]))
+    if not ray.is_initialized():
+        cluster.start_ray(load_config("cartpole", ["run.num_actors=5"]))
     yield
-    ray.shutdown()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shut_ray_down_at_the_end():
+    yield
+    import ray
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 @pytest.fixture
 def restart_args_errors():
     """A function returning the lines of the running Ray session's logs (each process's stderr and
-    core-worker log) in which Ray says a restartable actor was created with an actor handle among its
-    arguments (ray-project/ray#53727): the service passes names instead (actors.resolve_actor)."""
+    core-worker log), written since this test started, in which Ray says a restartable actor was
+    created with an actor handle among its arguments (ray-project/ray#53727): the service passes
+    names instead (actors.resolve_actor)."""
     from pathlib import Path
 
     import ray
 
+    def logs():
+        return {p: p.stat().st_size for p in Path(ray._private.worker.global_worker.node.get_logs_dir_path()).rglob("*")
+                if p.is_file()}
+    before = logs()     # the session is shared: earlier tests' lines are not this test's
+
     def read():
-        logs = Path(ray._private.worker.global_worker.node.get_logs_dir_path())
-        text = "".join(p.read_text(errors="replace") for p in logs.rglob("*") if p.is_file())
-        return [line for line in text.splitlines() if "has constructor arguments in the object store" in line]
+        lines = []
+        for path in logs():
+            with open(path, "rb") as f:
+                f.seek(before.get(path, 0))
+                lines += f.read().decode(errors="replace").splitlines()
+        return [line for line in lines if "has constructor arguments in the object store" in line]
     return read

@@ -17,7 +17,6 @@ from experiments import compare, report
 from experiments.atari_scores import SCORES, human_normalized
 from experiments.evaluate import EVAL_SEED, evaluate, load_agent
 from learner import checkpoint
-from runtime import cluster
 from runtime.driver import RunDir, Training
 
 GRID = ["compare", "--config", "cartpole", "--envs", "CartPole-v1", "--eval-episodes", "3",
@@ -26,11 +25,10 @@ OUTPUTS = ("results.csv", "summary.md", "curves_CartPole-v1.png")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    # 6 logical CPUs: room for two CartPole runs (2 actors + a learner each) side by side.
-    cluster.start_ray(load_config("cartpole", ["run.num_actors=5"]))
+def ray_session(ray_session):
+    """Every test here runs in the shared session (tests/conftest.py): its 6 logical CPUs hold two
+    CartPole runs (2 actors + a learner each) side by side."""
     yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,8 @@ def test_a_worker_node_lost_mid_run(tmp_path):
     """Three nodes: the learner's, and two holding the rollout actors (SPREAD). One of the two is
     removed mid-run: its actors' rollouts are lost and the actors come back on the other node; if
     the learner was there, the driver restarts it from the checkpoint. The run reaches its budget."""
+    if ray.is_initialized():      # the tests' shared session (conftest.py): this drill needs its own cluster
+        ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     nodes = [cluster.add_node(num_cpus=2) for _ in range(2)]
     cluster.wait_for_nodes()

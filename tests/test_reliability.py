@@ -21,7 +21,6 @@ except ImportError:
 from configs import load_config
 from experiments.evaluate import EVAL_SEED_STRIDE, eval_seed
 from learner import checkpoint
-from runtime import cluster
 from runtime.driver import RunDir, Training
 
 
@@ -38,13 +37,6 @@ def test_evaluation_seeds_of_a_comparison_never_overlap():
     envs = [set(range(eval_seed(s), eval_seed(s) + 64)) for s in range(5)]   # 64 envs per evaluation
     assert all(not (a & b) for i, a in enumerate(envs) for b in envs[i + 1:])
     assert eval_seed(1) - eval_seed(0) == EVAL_SEED_STRIDE >= 1000
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    cluster.start_ray(load_config("cartpole", ["run.num_actors=3"]))
-    yield
-    ray.shutdown()
 
 
 def test_the_run_survives_its_learner_dying(tmp_path, ray_session):
@@ -86,41 +78,48 @@ def _free_port():
 def test_a_token_authenticated_cluster_trains_with_the_token_and_refuses_a_wrong_one(tmp_path):
     """A local head started with token authentication, as the README's cluster section: a driver
     with the token trains, also submitted as a Ray job with --working-dir; a driver with a wrong
-    token is refused with a message that names token authentication, before training."""
+    token is refused with a message that names token authentication, before training. The driver
+    and the job run side by side (the head has CPUs for both); the wrong token is tried once the
+    driver with the right one has joined, so the head is known to be listening."""
+    from concurrent.futures import ThreadPoolExecutor
     port, dashboard, agent = _free_port(), _free_port(), _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex}
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
-                             f"--port={port}", "--num-cpus=3", "--dashboard-host=127.0.0.1",
+                             f"--port={port}", "--num-cpus=4", "--dashboard-host=127.0.0.1",
                              f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={agent}",
                              "--disable-usage-stats"],
                             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     root = Path(__file__).resolve().parents[1]
     train = ["-m", "launch", "train", "--config", "cartpole", "--total-frames", "3200", "--no-progress",
-             "--set", "run.log_interval_s=1"]
+             "--set", "run.log_interval_s=1", "--set", "run.num_actors=1"]      # 2 CPUs each
     try:
-        def until_up(argv, cwd, env, busy):
+        def until_up(argv, *busy):
             deadline = time.monotonic() + 120
-            while True:         # the head (and its job agent) take a few seconds to listen
-                done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=240)
-                if done.returncode == 0 or busy not in done.stdout + done.stderr or time.monotonic() > deadline:
+            while True:         # the head (and its dashboard and job agent) take a few seconds to listen
+                done = subprocess.run(argv, env=env, cwd=root, capture_output=True, text=True, timeout=240)
+                if done.returncode == 0 or not any(b in done.stdout + done.stderr for b in busy) \
+                        or time.monotonic() > deadline:
                     return done
-                time.sleep(3)
+                time.sleep(2)
 
-        ok = until_up([sys.executable, *train, "--address", f"127.0.0.1:{port}", "--logdir", str(tmp_path / "with")],
-                      root, env, "could not join")
-        assert ok.returncode == 0 and "finished at" in ok.stdout, ok.stdout[-2000:] + ok.stderr[-2000:]
-        job = until_up([sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address",
-                        f"http://127.0.0.1:{dashboard}", "--working-dir", ".", "--", "python", *train,
-                        "--address", "auto", "--logdir", str(tmp_path / "job")], root, env, "No available agent")
-        assert job.returncode == 0 and "finished at" in job.stdout, job.stdout[-2000:] + job.stderr[-2000:]
-        assert checkpoint.read(tmp_path / "job" / "checkpoint.pt")["counters"]["frames"] >= 3200
-        wrong = subprocess.run([sys.executable, *train, "--address", f"127.0.0.1:{port}", "--logdir",
-                                str(tmp_path / "without")], cwd=root, capture_output=True, text=True, timeout=180,
-                               env={**env, "RAY_AUTH_TOKEN": "not-the-token"})
+        with ThreadPoolExecutor(2) as pool:
+            job_run = pool.submit(until_up, [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address",
+                                             f"http://127.0.0.1:{dashboard}", "--working-dir", ".", "--", "python",
+                                             *train, "--address", "auto", "--logdir", str(tmp_path / "job")],
+                                  "Failed to connect to Ray at address", "No available agent")
+            ok = until_up([sys.executable, *train, "--address", f"127.0.0.1:{port}", "--logdir", str(tmp_path / "with")],
+                          "could not join")
+            assert ok.returncode == 0 and "finished at" in ok.stdout, ok.stdout[-2000:] + ok.stderr[-2000:]
+            wrong = subprocess.run([sys.executable, *train, "--address", f"127.0.0.1:{port}", "--logdir",
+                                    str(tmp_path / "without")], cwd=root, capture_output=True, text=True, timeout=180,
+                                   env={**env, "RAY_AUTH_TOKEN": "not-the-token"})
+            job = job_run.result()
         assert wrong.returncode == 2, wrong.stderr[-2000:]
         assert "could not join the Ray cluster" in wrong.stderr and "token authentication" in wrong.stderr
         assert not (tmp_path / "without" / "checkpoint.pt").exists()
+        assert job.returncode == 0 and "finished at" in job.stdout, job.stdout[-2000:] + job.stderr[-2000:]
+        assert checkpoint.read(tmp_path / "job" / "checkpoint.pt")["counters"]["frames"] >= 3200
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)

@@ -14,7 +14,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import launch
 from configs import load_config
 from learner import Learner, checkpoint
-from runtime import cluster
 from runtime.driver import Training
 
 ROOT = Path(launch.__file__).resolve().parent
@@ -25,10 +24,9 @@ TINY_CORE = ["core.num_layers=1", "core.d_model=32", "core.num_heads=2", "core.h
 
 
 @pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    cluster.start_ray(load_config(overrides=["run.num_actors=3"]))
+def ray_session(ray_session):
+    """Every test here runs in the shared session (tests/conftest.py)."""
     yield
-    ray.shutdown()
 
 
 def _scalars(logdir):

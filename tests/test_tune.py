@@ -53,11 +53,13 @@ def _stream(config):
         ray_tune.report({"score": config["quality"], "frames": 1000 * k})
 
 
-def test_asha_stops_the_worse_trial_at_its_first_rung(tmp_path, ray_session):
+def test_asha_stops_the_worse_trial_at_its_first_rung(tmp_path, ray_session, capfd):
     # One trial at a time, the good one first: at the rung of 2,000 frames (a quarter of 8,000)
     # the bad one is below the good one's result there and ASHA stops it.
     trials = tune.search("fake", [], {"quality": ("grid", [1.0, 0.0])}, tmp_path, samples=1, budget=8000,
                          trainable=_stream, max_concurrent=1)
+    # Tune reads its results back from its own result.json, so a good search warns of nothing.
+    assert "Failed to fetch metrics" not in capfd.readouterr().err
     by_quality = {t["params"]["quality"]: t for t in trials}
     assert by_quality[1.0]["status"] == "done" and by_quality[1.0]["frames"] == 8000
     assert by_quality[0.0]["status"] == "stopped" and by_quality[0.0]["frames"] == 2000
@@ -84,7 +86,9 @@ def test_a_failing_trial_is_reported_not_fatal(tmp_path, ray_session):
     assert "this trial breaks" in (tmp_path / "trials.md").read_text()
 
 
-def test_a_tiny_search_writes_presets_and_compare_tuned_uses_them(tmp_path, capsys):
+def test_a_tiny_search_writes_presets_and_compare_tuned_uses_them(tmp_path, capfd, ray_session):
+    """launch.py tune on the shared session (its 6 CPUs run two trials side by side), then
+    compare --tuned on what it wrote."""
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({"learner.lr": {"loguniform": [1e-4, 1e-2]},
                                      "learner.entropy_cost": {"uniform": [0.0, 0.02]}}))
@@ -92,7 +96,8 @@ def test_a_tiny_search_writes_presets_and_compare_tuned_uses_them(tmp_path, caps
     assert launch.main(["tune", "--config", "cartpole", "--env", "CartPole-v1", "--core", "lstm", "--core", "rdn",
                         "--samples", "2", "--budget", "3200", "--space", str(space), "--outdir", str(out),
                         "--scheduler", "fifo", "--set", "run.log_interval_s=0.5", "--set", "run.num_actors=1"]) == 0
-    capsys.readouterr()
+    printed, err = capfd.readouterr()
+    assert "tune: lstm: best" in printed and "Failed to fetch metrics" not in printed + err
     search = yaml.safe_load((out / "search.yaml").read_text())
     assert set(search["cores"]) == {"lstm", "rdn"}
     for core in ("lstm", "rdn"):
@@ -206,7 +211,7 @@ def test_pbt_refuses_a_grid_and_a_population_of_one(tmp_path, capsys):
     assert "--samples 2 or more" in capsys.readouterr().err
 
 
-def test_a_pbt_trial_adopting_a_better_checkpoint_continues_it_with_its_own_values(tmp_path):
+def test_a_pbt_trial_adopting_a_better_checkpoint_continues_it_with_its_own_values(tmp_path, ray_session):
     """What a PBT exploit does to a trial's run directory: the donor's checkpoint becomes its own,
     the next segment starts at the donor's frames, and trains with the trial's (new) values."""
     base = ["run.log_interval_s=0.5", "run.num_actors=1", "run.total_frames=3200"]
