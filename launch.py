@@ -31,6 +31,14 @@ class UsageError(Error):
     """Bad command-line input: printed as one line, exit status 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors (a missing value, a flag of the wrong type) as the project's own:
+    one line, exit status 2, no usage block (--help shows it)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _count(text):
     """An integer count that also reads 1e6 or 2_000_000."""
     try:
@@ -42,17 +50,26 @@ def _count(text):
     return int(value)
 
 
+# train's flags and the config key each sets (a flag and --set may not both set one key).
+TRAIN_FLAGS = {"--env": "env.id", "--core": "model.core", "--total-frames": "run.total_frames",
+               "--num-actors": "run.num_actors", "--envs-per-actor": "env.num_envs", "--seed": "run.seed",
+               "--logdir": "run.logdir"}
+
+
 def resolve_train_config(args):
     """The resolved Config for `train` from the preset (or the run's own config.yaml with
-    --resume), the flags and --set, all checked before anything heavy starts."""
-    from configs import load_config
-    from runtime.driver import RunDir, check_config, default_logdir
+    --resume), the flags and --set, all checked (configs/) before anything heavy starts."""
+    from configs import load_config, parse_override
+    from runtime.driver import RunDir, default_logdir
 
-    overrides = list(args.set or [])
-    flags = {"env.id": args.env, "model.core": args.core, "run.total_frames": args.total_frames,
-             "run.num_actors": args.num_actors, "env.num_envs": args.envs_per_actor,
-             "run.seed": args.seed, "run.logdir": args.logdir}
-    overrides += [(key, value) for key, value in flags.items() if value is not None]
+    overrides = [parse_override(item) for item in args.set or []]
+    for flag, key in TRAIN_FLAGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is None:
+            continue
+        if key in dict(overrides):
+            raise UsageError(f"{flag} and --set {key}=... both set {key}; give one of them")
+        overrides.append((key, value))
     if args.resume:
         if not args.logdir:
             raise UsageError("--resume needs --logdir: the run directory to continue")
@@ -66,7 +83,6 @@ def resolve_train_config(args):
         cfg = load_config(args.config, overrides)
         cfg.run.logdir = cfg.run.logdir or default_logdir(cfg)
         RunDir(cfg.run.logdir).check_new()
-    check_config(cfg)
     return cfg
 
 
@@ -125,8 +141,8 @@ def cmd_tune(args):
 
 
 def cmd_compare(args):
+    from configs import check_config
     from experiments import compare, report
-    from runtime.driver import check_config
     if args.tuned:
         from configs import load_config
         from experiments import tune
@@ -188,10 +204,11 @@ def cmd_bench(args):
 
 
 def build_parser():
+    from experiments import PROTOCOLS
     from experiments.tune import SCHEDULERS
     from fwp_core import CORES
-    parser = argparse.ArgumentParser(prog="launch.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="launch.py", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train an agent (IMPALA + V-trace) with Ray actors")
     t.add_argument("--config", help="YAML preset (e.g. configs/atari_cpu.yaml, or just atari_cpu.yaml)")
@@ -214,7 +231,7 @@ def build_parser():
     e.add_argument("--checkpoint", required=True, help="a run directory or its checkpoint.pt")
     e.add_argument("--episodes", type=_count,
                    help="whole games to play (default 10); with --protocol paper lives per run (default 30)")
-    e.add_argument("--protocol", choices=("games", "paper"), default="games",
+    e.add_argument("--protocol", choices=PROTOCOLS, default="games",
                    help="games: whole games (all lives), sampled actions unless --greedy (default); paper: "
                         "the paper's test, greedy, one life per episode, --repeats runs of --episodes")
     e.add_argument("--repeats", type=_count, default=5, help="--protocol paper: runs (default 5)")
@@ -237,7 +254,7 @@ def build_parser():
     c.add_argument("--eval-episodes", type=_count, default=10,
                    help="episodes to evaluate each finished run on (default 10; 0: none)")
     c.add_argument("--eval-greedy", action="store_true", help="evaluate with greedy actions")
-    c.add_argument("--eval-protocol", choices=("games", "paper"), default="games",
+    c.add_argument("--eval-protocol", choices=PROTOCOLS, default="games",
                    help="as eval --protocol (paper: --eval-episodes lives in each of 5 runs, greedy)")
     c.add_argument("--address", help="Ray cluster to run on (default: start Ray here)")
     c.add_argument("--parallel", type=_count, default=1,

@@ -61,71 +61,18 @@ Facts about ale-py 0.12.1's AtariVectorEnv this module relies on (established by
   over or frame cap), and it works for games without lives (Pong reports lives=0 throughout).
 """
 import collections
-import difflib
 import os
 from functools import partial
 
 import gymnasium as gym
 import numpy as np
 
-ATARI_PREFIX = "ALE/"
+# The ids' check lives with the config (checked before Ray starts); evaluate and atari_scores import
+# these two from here.
+from configs.envs import ATARI_PREFIX, atari_game, register_env_ids
+
 _NO_FRAME_CAP = 2**31 - 1   # ALE counts frames in an int
 ALE_SCREEN = (210, 160)     # every Atari game's screen, in pixels (height, width)
-
-
-def _register_env_ids():
-    """Importing these registers their ids with gymnasium (ALE/*, popgym-*); both imports are cheap."""
-    import ale_py  # noqa: F401
-    import popgym  # noqa: F401
-
-
-def _atari_games():
-    from ale_py import roms
-    return set(roms.get_all_rom_ids())
-
-
-def _unknown_id_message(env_id):
-    ale_ids = [k for k in gym.registry if k.startswith(ATARI_PREFIX) and k.endswith("-v5")]
-    popgym_ids = [k for k in gym.registry if k.startswith("popgym-")]
-    usable = [k for k, spec in gym.registry.items()
-              if k.startswith(ATARI_PREFIX) or not str(spec.entry_point).startswith("ale_py")]
-    close = difflib.get_close_matches(env_id, usable, n=3)
-    return (f"unknown env id {env_id!r}. Valid ids: ALE/<Game>-v5 for Atari ({len(ale_ids)} games, e.g. "
-            "ALE/Pong-v5, ALE/Breakout-v5, ALE/SpaceInvaders-v5, ALE/MsPacman-v5), popgym-<Task><Easy|Medium|"
-            f"Hard>-v0 ({len(popgym_ids)} ids, e.g. popgym-RepeatPreviousEasy-v0, popgym-CountRecallMedium-v0, "
-            "popgym-AutoencodeEasy-v0), or any registered gymnasium id with a Discrete action space (e.g. "
-            "CartPole-v1, Acrobot-v1)." + (f" Close matches: {', '.join(close)}." if close else ""))
-
-
-def atari_game(env_id):
-    """ale-py's ROM name for an `ALE/<Game>-v5` id (e.g. 'space_invaders'), or a ValueError."""
-    _register_env_ids()
-    spec = gym.registry.get(env_id)
-    if spec is None or spec.version != 5:
-        raise ValueError(_unknown_id_message(env_id))
-    game = spec.kwargs.get("game")
-    if game not in _atari_games():
-        raise ValueError(f"{env_id!r}: ale-py has no ROM {game!r}; installed games: "
-                         f"{', '.join(sorted(_atari_games())[:8])}, ...")
-    return game
-
-
-def check_env_id(env_id: str) -> None:
-    """Raise ValueError (naming the id and the valid forms) unless make_env knows `env_id`.
-
-    Cheap: registry and ROM-list lookups only, no environment is built (spaces are checked by make_env).
-    """
-    _register_env_ids()
-    if env_id.startswith(ATARI_PREFIX):
-        atari_game(env_id)
-        return
-    spec = gym.registry.get(env_id)
-    if spec is None:
-        raise ValueError(_unknown_id_message(env_id))
-    if str(spec.entry_point).startswith("ale_py"):
-        game = "".join(part.capitalize() for part in spec.kwargs.get("game", "pong").split("_"))
-        raise ValueError(f"{env_id!r} is a legacy single-env Atari id; use the vectorised form "
-                         f"ALE/{game}-v5 (frame skip, sticky actions etc. come from the env config)")
 
 
 class VecEnv:
@@ -284,16 +231,8 @@ class _AtariGroup:
 
 
 def _make_flat_env(env_id):
+    # configs.envs.check_env_id saw that the action space is Discrete and the observations flatten.
     env = gym.make(env_id, disable_env_checker=True)   # the checker warns spuriously on popgym
-    if not isinstance(env.action_space, gym.spaces.Discrete):
-        env.close()
-        raise ValueError(f"{env_id!r} has action space {env.action_space}; only Discrete action spaces are "
-                         "supported (the policy outputs one categorical distribution)")
-    try:
-        gym.spaces.flatten_space(env.observation_space)
-    except NotImplementedError as e:
-        env.close()
-        raise ValueError(f"{env_id!r}: observation space {env.observation_space} cannot be flattened") from e
     env = gym.wrappers.FlattenObservation(env)                 # Discrete/MultiDiscrete -> one-hot
     return gym.wrappers.DtypeObservation(env, np.float32)
 
@@ -326,30 +265,13 @@ class _GymGroup:
         self.vec.close()
 
 
-def check_env_config(env_cfg, num_envs: int) -> None:
-    """Raise ValueError unless make_env(env_cfg, num_envs, ...) can be built: a known id, a group
-    layout that divides the envs, Atari settings in range. Cheap: builds nothing, so the command
-    line calls it before Ray starts."""
-    check_env_id(env_cfg.id)
-    groups_n = env_cfg.env_batches
-    if num_envs < 1 or groups_n < 1 or num_envs % groups_n:
-        raise ValueError(f"env.num_envs ({num_envs}) must be a positive multiple of env.env_batches ({groups_n})")
-    if env_cfg.id.startswith(ATARI_PREFIX):
-        limits = {"frame_skip": 1, "frame_stack": 1, "img_size": 1, "noop_max": 0, "num_threads": 0}
-        for name, low in limits.items():
-            if getattr(env_cfg, name) < low:
-                raise ValueError(f"env.{name} must be >= {low}, got {getattr(env_cfg, name)}")
-        if not 0.0 <= env_cfg.sticky_actions <= 1.0:
-            raise ValueError(f"env.sticky_actions is a probability in [0, 1], got {env_cfg.sticky_actions}")
-
-
 def make_env(env_cfg, seed: int, screen: bool = False) -> VecEnv:
     """Build the `env_cfg.num_envs` envs of `env_cfg.id` in `env_cfg.env_batches` groups (see module
-    docstring). screen: Atari only, for videos: observe the game's own colour screen (one
-    [210, 160, 3] RGB frame, no stack) instead of the agent's grey stacks; the game, its seeding and
-    steps are the same."""
-    check_env_config(env_cfg, env_cfg.num_envs)
-    num_envs, groups_n = env_cfg.num_envs, env_cfg.env_batches
+    docstring). env_cfg is a checked configs.EnvConfig: its id and values are usable.
+    screen: Atari only, for videos: observe the game's own colour screen (one [210, 160, 3] RGB
+    frame, no stack) instead of the agent's grey stacks; the game, its seeding and steps are the same."""
+    num_envs, groups_n = env_cfg.num_envs, env_cfg.env_batches   # groups_n divides num_envs (configs)
+    register_env_ids()
     size = num_envs // groups_n
     if screen and not env_cfg.id.startswith(ATARI_PREFIX):
         raise ValueError(f"only Atari games have a screen to film; {env_cfg.id} has none")

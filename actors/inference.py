@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from agents import Agent
-from configs import config_from_dict
 
 from . import resolve_actor
 from .rollout import act
@@ -46,7 +45,6 @@ class _Request:
 
 class InferenceServer:
     def __init__(self, cfg, observation_space, num_actions, weights_holder=None, seed=0):
-        cfg = config_from_dict(cfg) if isinstance(cfg, dict) else cfg
         torch.manual_seed(seed)      # the sampled actions
         torch.set_num_threads(max(1, int(cfg.run.inference_cpus)))   # the CPUs Ray reserved for it
         self.device = torch.device("cuda" if cfg.run.inference_gpus > 0 and torch.cuda.is_available() else "cpu")

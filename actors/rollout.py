@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from agents import Agent
-from configs import config_from_dict
 
 from . import resolve_actor
 from .envs import make_env
@@ -45,13 +44,12 @@ def act(agent, obs, reward, first, state, last_action, greedy=False):
 
 class RolloutWorker:
     def __init__(self, cfg, worker_index=0, seed=0, num_cpus=1, weights_holder=None, inference=None):
-        """cfg: a configs.Config or its dict form (what travels to a Ray actor); num_cpus: the CPUs
+        """cfg: the run's configs.Config (checked; it travels to a Ray actor as it is); num_cpus: the CPUs
         Ray gave this actor, which size ALE's thread pool when env.num_threads is 0;
         weights_holder: the Ray actor (runtime.weights_holder.WeightsHolder), or its name, each rollout
         fetches the newest weights from when it starts; inference: an actors.inference.InferenceServer
         actor, or its name, to act for this worker (run.inference=central), which then only steps
         its envs."""
-        cfg = config_from_dict(cfg) if isinstance(cfg, dict) else cfg
         torch.set_num_threads(1)      # inference on a few envs: threads would only contend with ALE's
         torch.manual_seed(seed)       # action sampling
         self.rng = np.random.default_rng(seed)   # the random actions played while a restarted server is away

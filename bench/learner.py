@@ -58,8 +58,6 @@ class Producer:
 
     def __init__(self, cfg, worker_index=0, seed=0, num_cpus=1, weights_holder=None):
         from actors import resolve_actor
-        from configs import config_from_dict
-        cfg = config_from_dict(cfg) if isinstance(cfg, dict) else cfg
         T, N, A = cfg.learner.unroll_length, cfg.env.num_envs, 6
         g = np.random.default_rng(seed)
         self.holder, self.version = resolve_actor(weights_holder), -1   # the service passes its name

@@ -28,12 +28,12 @@ import torch
 
 from actors.rollout import act
 from configs.files import atomic_write
+from experiments import PROTOCOLS
 from learner import checkpoint
 from learner.checkpoint import CheckpointError
 
 EVAL_SEED = 1_000_000_007   # env seeds from here on; far from the training envs' seeds of small runs
 EVAL_SEED_STRIDE = 100_000  # env seeds per run: an evaluation seeds env k with seed + k, k < this
-PROTOCOLS = ("games", "paper")
 NO_NEGATIVE_GAMES = ("battle_zone", "up_n_down")   # the paper's noneg evaluation script
 VIDEO_SCALE = 2             # the 210x160 colour screen becomes 420x320 (even sides, as H.264's yuv420p wants)
 TB_VIDEO_FRAMES = 600       # TensorBoard gets the first 600 frames (40 s at 15 fps) as a GIF

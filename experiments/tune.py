@@ -44,7 +44,7 @@ from pathlib import Path
 
 import yaml
 
-from configs import ConfigError, config_to_dict, config_yaml, load_config
+from configs import ConfigError, check_config, config_to_dict, config_yaml, load_config
 from configs.errors import Error
 from configs.files import atomic_write
 
@@ -69,7 +69,6 @@ def default_space(cfg):
 def load_space(path, cfg):
     """The search space at `path` (None: default_space), each entry checked against `cfg`:
     {key: (kind, values)}."""
-    from runtime.driver import check_config
     if path is None:
         raw, where = default_space(cfg), "the default search space"
     else:
@@ -376,7 +375,6 @@ def tune_cores(config, env, cores, samples, budget, outdir, space_path=None, ove
     import ray
 
     from runtime import cluster
-    from runtime.driver import check_config
     if samples < 1 or budget < 1:
         raise TuneError("--samples and --budget must be at least 1")
     if scheduler not in SCHEDULERS:

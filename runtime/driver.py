@@ -15,7 +15,8 @@ A run directory (`RunDir`, cfg.run.logdir) holds:
   environment frames.
 
 The first SIGINT or SIGTERM stops the run after its next report, with a checkpoint; a second one
-gives up on the clean exit. `check_config` refuses a config that cannot train before Ray starts.
+gives up on the clean exit. The config arrives checked (configs/); Training checks it once more
+(configs.check_config: values set after loading too) before Ray starts.
 """
 import csv
 import signal
@@ -26,7 +27,7 @@ from collections import deque
 from datetime import datetime
 from pathlib import Path
 
-from configs import ConfigError, config_to_dict, config_yaml
+from configs import check_config, config_yaml
 from configs.errors import Error
 from configs.files import atomic_write
 
@@ -46,46 +47,6 @@ def default_logdir(cfg):
     """runs/<env>-<core>-<date-time>, the directory of a run started without --logdir."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return str(Path("runs") / f"{env_dirname(cfg.env.id)}-{cfg.model.core}-{stamp}")
-
-
-def check_config(cfg):
-    """ConfigError unless `cfg` can be trained: a known env id, an env layout and Atari settings in
-    range, positive sizes, learner options that fit together. Cheap: builds nothing."""
-    from actors.envs import check_env_config
-    try:
-        check_env_config(cfg.env, cfg.env.num_envs)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    lc = cfg.learner
-    checks = [("run.num_actors", cfg.run.num_actors >= 1),
-              ("learner.batch_size", lc.batch_size >= 1),
-              ("learner.unroll_length", lc.unroll_length >= 1),
-              ("run.total_frames", cfg.run.total_frames >= 1),
-              ("run.max_rollouts_in_flight", cfg.run.max_rollouts_in_flight >= 1),
-              ("run.actor_cpus", cfg.run.actor_cpus > 0),
-              ("learner.epochs", lc.epochs >= 1),
-              ("learner.minibatches", lc.minibatches >= 1),
-              ("learner.ppo_clip", lc.ppo_clip > 0),
-              ("learner.lr", lc.lr > 0),
-              ("run.publish_interval", cfg.run.publish_interval >= 1),
-              ("run.inference_batch", cfg.run.inference_batch >= 1),
-              ("run.inference_weights_poll_ms", cfg.run.inference_weights_poll_ms > 0)]
-    for key in ("run.learner_queue_size", "run.max_policy_lag", "learner.entropy_cost", "learner.baseline_cost",
-                "learner.grad_clip", "run.inference_timeout_ms"):
-        section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) < 0:
-            raise ConfigError(f"{key} must be >= 0, got {getattr(getattr(cfg, section), name)}")
-    for key, ok in checks:
-        if not ok:
-            raise ConfigError(f"{key} must be positive")
-    if lc.batch_size % lc.minibatches:
-        raise ConfigError(f"learner.batch_size ({lc.batch_size}) must be a multiple of "
-                          f"learner.minibatches ({lc.minibatches}): a minibatch holds whole unrolls")
-    if not 0 <= lc.lr_decay_start < 1:
-        raise ConfigError(f"learner.lr_decay_start must lie in [0, 1) (a fraction of run.total_frames), "
-                          f"got {lc.lr_decay_start}")
-    if not 0 < lc.popart_beta <= 1:
-        raise ConfigError(f"learner.popart_beta must lie in (0, 1], got {lc.popart_beta}")
 
 
 def _row_frames(line):
@@ -218,7 +179,7 @@ class Training:
 
         from .service import LearnerService
         return ray.remote(LearnerService).options(**cluster.learner_resources(self.cfg)).remote(
-            config_to_dict(self.cfg), payload, str(self.dir.checkpoint))
+            self.cfg, payload, str(self.dir.checkpoint))
 
     @staticmethod
     def _close_service(service):

@@ -42,7 +42,6 @@ import torch
 
 from actors.rollout import RolloutWorker, worker_seed
 from actors.flat_weights import flatten
-from configs import config_from_dict
 from learner import Learner, checkpoint
 
 from .batcher import Batcher, host_buffers
@@ -62,8 +61,7 @@ class LearnerService:
     def __init__(self, cfg, checkpoint_payload=None, source="checkpoint", worker_cls=RolloutWorker):
         """worker_cls: the rollout actors' class (bench/learner.py --pipeline passes producers of
         prebuilt rollouts with RolloutWorker's interface)."""
-        cfg = config_from_dict(cfg) if isinstance(cfg, dict) else cfg
-        self.cfg, rc = cfg, cfg.run
+        self.cfg, rc = cfg, cfg.run      # a configs.Config, checked before Ray started
         # The holder lives on the learner's node (it goes when the learner goes anyway) and comes
         # back empty if it is lost: workers then keep their weights until the next publication.
         here = ray.get_runtime_context().get_node_id()
@@ -90,11 +88,7 @@ class LearnerService:
                 self.extra = self.learner.load_payload(checkpoint_payload, source)
             except checkpoint.CheckpointError as e:  # reported by state(), raised by the driver
                 self.error = str(e)
-        self.queue_size = queue_size(cfg, self.num_envs)
-        if self.queue_size * self.num_envs < cfg.learner.batch_size:
-            raise ValueError(f"run.learner_queue_size={rc.learner_queue_size} rollouts of {self.num_envs} envs hold "
-                             f"fewer than a batch of {cfg.learner.batch_size} sequences: raise it to at least "
-                             f"{math.ceil(cfg.learner.batch_size / self.num_envs)}, or 0 for the default")
+        self.queue_size = queue_size(cfg, self.num_envs)   # holds a batch: configs checked it before Ray started
         self._publish_now()                 # version 0 (or the checkpoint's) before any rollout asks
         # Credits for the sequences asked for and not yet handed to an update: one rollout per actor,
         # plus what a batch still waits for while its last rollout runs (so that the actors who

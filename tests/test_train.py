@@ -1,5 +1,5 @@
 """End to end through Ray: launch.py train on Atari and CartPole, resume, a killed actor, a stop
-signal, learning, and the bad inputs that must stop before Ray starts."""
+signal, learning. The bad inputs that must stop before Ray starts: tests/test_config.py."""
 import os
 import signal
 import subprocess
@@ -130,62 +130,6 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert "SIGTERM: saving a checkpoint" in out and "stopped at" in out
     payload = checkpoint.read(logdir / "checkpoint.pt")
     assert 0 < payload["counters"]["frames"] < 10_000_000
-
-
-# -- bad input stops before Ray starts ----------------------------------------------------------
-
-@pytest.fixture
-def no_ray(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("Ray must not start on bad input")
-    monkeypatch.setattr(ray, "init", refuse)
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-
-
-@pytest.mark.parametrize("argv,message", [
-    (["--env", "ALE/Pongg-v5"], "unknown env id 'ALE/Pongg-v5'. Valid ids: ALE/<Game>-v5"),
-    (["--env", "NoSuchEnv-v0"], "unknown env id 'NoSuchEnv-v0'"),
-    (["--core", "transformer"], "model.core='transformer' is not a valid choice; choose one of lstm, "
-                                "linear_transformer, delta_net, delta_rnn, rdn, delta_lstm"),
-    (["--set", "learner.lrate=1"], "unknown config key 'learner.lrate'; valid keys in learner: batch_size"),
-    (["--set", "optim.lr=1"], "unknown config key 'optim.lr': keys are <section>.<field> with section one of"),
-    (["--set", "learner.lr=fast"], "learner.lr must be a number, got 'fast'"),
-    (["--set", "env.num_envs=2.5"], "env.num_envs must be an integer, got 2.5"),
-    (["--set", "learner.bf16=maybe"], "learner.bf16 must be true or false"),
-    (["--config", "nope.yaml"], "config file 'nope.yaml' not found; presets in"),
-    (["--resume"], "--resume needs --logdir"),
-    (["--set", "env.env_batches=0"], "env.num_envs (32) must be a positive multiple of env.env_batches (0)"),
-    (["--set", "env.frame_skip=0"], "env.frame_skip must be >= 1, got 0"),
-    (["--num-actors", "0"], "run.num_actors must be positive"),
-    (["--set", "learner.minibatches=3"], "learner.batch_size (32) must be a multiple of learner.minibatches (3)"),
-    (["--set", "learner.epochs=0"], "learner.epochs must be positive"),
-    (["--set", "run.inference_timeout_ms=-1"], "run.inference_timeout_ms must be >= 0, got -1.0"),
-    (["--set", "run.inference_weights_poll_ms=0"], "run.inference_weights_poll_ms must be positive"),
-    (["--set", "run.inference_batch=0"], "run.inference_batch must be positive"),
-    (["--set", "learner.popart_beta=2"], "learner.popart_beta must lie in (0, 1], got 2.0"),
-    (["--set", "learner.lr_decay_start=1"], "learner.lr_decay_start must lie in [0, 1) (a fraction of run.total_frames), got 1.0"),
-    (["--set", "learner.optimizer=sgd"], "learner.optimizer='sgd' is not a valid choice; choose one of rmsprop, adam"),
-    (["--set", "learner.loss=ppo"], "learner.loss='ppo' is not a valid choice; choose one of impala, appo"),
-    (["--set", "run.save_at_frames=2e8"], "run.save_at_frames must be a list (e.g. [1, 2]), got '2e8'"),
-])
-def test_bad_input_is_refused_before_ray(no_ray, capsys, argv, message, tmp_path):
-    assert launch.main(["train", "--logdir", str(tmp_path / "x"), *argv]
-                       if "--resume" not in argv else ["train", *argv]) == 2
-    err = capsys.readouterr().err
-    assert message in err, err
-
-
-def test_a_logdir_holding_another_run_needs_resume(no_ray, capsys, tmp_path):
-    (tmp_path / "config.yaml").write_text("run: {seed: 3}\n")
-    assert launch.main(["train", "--logdir", str(tmp_path)]) == 2
-    assert "already holds a run (config.yaml); pass --resume" in capsys.readouterr().err
-
-
-def test_wrong_type_for_a_flag(no_ray, capsys):
-    with pytest.raises(SystemExit) as e:
-        launch.main(["train", "--total-frames", "lots"])
-    assert e.value.code == 2
-    assert "--total-frames: expected a whole number, got 'lots'" in capsys.readouterr().err
 
 
 def test_resuming_with_another_core_is_refused(tmp_path):
