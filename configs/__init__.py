@@ -3,7 +3,7 @@
     cfg = load_config("configs/atari_cpu.yaml", overrides=["learner.lr=3e-4", "env.id=ALE/Breakout-v5"])
 
 A preset is a YAML mapping of sections to fields (`env: {id: ALE/Pong-v5}`); anything left out keeps
-its default below, which are the paper's Atari settings (DESIGN.md). Each section is a pydantic
+its default below, which are the paper's Atari settings. Each section is a pydantic
 dataclass (`cfg.learner.lr`): its annotations give the types, `Literal` the choices, `Field` the
 ranges and the one-line meaning; a validator per section holds the rules between its fields, and
 Config's the rules between sections. So a Config is checked whole when it is built (loaded or in

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from configs import config_to_dict, config_yaml, load_config
 from configs.errors import Error
+from configs.files import atomic_write
 from learner import checkpoint
 from runtime import cluster
 from runtime.driver import RunDir, Training, env_dirname
@@ -213,7 +214,7 @@ def _train_side_by_side(todo, states, address, parallel, actions, log):
             argv += ["--resume", "--total-frames", str(run.cfg.run.total_frames)]
         else:
             spec = run.dir.parent / f".{run.dir.name}.requested.yaml"
-            checkpoint.atomic_write(spec, config_yaml(run.cfg))
+            atomic_write(spec, config_yaml(run.cfg))
             argv += ["--config", str(spec)]
         logf = open(run.dir / "train.log", "a")
         # Own session: a terminal's Ctrl-C reaches only this process, which forwards exactly one

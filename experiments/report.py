@@ -28,6 +28,7 @@ import numpy as np
 import yaml
 
 from configs.errors import Error
+from configs.files import atomic_write
 from fwp_core import CORES
 from learner import checkpoint
 from runtime.driver import RETURN_WINDOW, env_dirname
@@ -90,7 +91,7 @@ def record(run_dir):
     path = run_dir / RESULT
     if path.is_file() and json.loads(path.read_text()) == result:
         return False
-    checkpoint.atomic_write(path, json.dumps(result, indent=1) + "\n")
+    atomic_write(path, json.dumps(result, indent=1) + "\n")
     return True
 
 
