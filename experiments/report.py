@@ -201,16 +201,19 @@ def improvement_ci(x, y, reps=IMPROVEMENT_REPS):
 
 def atari_aggregates(atari, reps=REPS):
     """Across games, per core: {core: {"games", "seeds", "median", "iqm"}} and, for each core other
-    than the lstm, "improvement": P(core > lstm) on the games both have. `atari`: {core: {env:
-    [human-normalised score per seed]}}. A matrix keeps a core's games with complete runs, each cut to
-    the fewest seeds among them (rliable's estimators take runs x games)."""
+    than the lstm, "improvement": P(core > lstm). `atari`: {core: {env: [human-normalised score per
+    seed]}}. Only the games where every core has complete runs count, each cut to the core's fewest
+    seeds among them (rliable's estimators take runs x games); {} when no game is shared."""
     def matrix(core, games):
         seeds = min(len(atari[core][g]) for g in games)
         return np.array([atari[core][g][:seeds] for g in games]).T
 
     out = {}
+    # The games every core has: an aggregate over different games compares the games, not the cores.
+    games = sorted(set.intersection(*(set(g) for g in atari.values()))) if atari else []
+    if not games:
+        return out
     for core in sorted(atari, key=_core_order):
-        games = sorted(atari[core])
         m = matrix(core, games)
         out[core] = {"games": len(games), "seeds": m.shape[0], **aggregate_ci(m, reps)}
         shared = sorted(set(games) & set(atari.get("lstm", {})))
@@ -376,8 +379,8 @@ def summary_markdown(rows, outdir, agg=None):
         lines += ["", f"![curves](curves_{env_dirname(env)}.png)", ""]
     if agg:
         lines += ["## Atari: human-normalised, across games", "",
-                  "Median and IQM (rliable's aggregate_median / aggregate_iqm) of runs x games; a core's "
-                  "games are those with complete runs, each cut to the fewest seeds among them. "
+                  "Median and IQM (rliable's aggregate_median / aggregate_iqm) of runs x games, over the "
+                  "games where every core has complete runs, each cut to the core's fewest seeds among them. "
                   "P(> lstm): rliable's probability_of_improvement over the games both cores have (the "
                   "chance that a run of the core beats a run of the lstm on a game, averaged over games; "
                   "0.5 = no difference). CIs: percentile bootstrap stratified by game.", "",
