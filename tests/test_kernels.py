@@ -264,17 +264,15 @@ def test_kernels_compile_for_an_h100():
 # bench/gpu_check.sh, step 2: on CUDA, every op at the sizes the agent runs (the paper's RL shape, a
 # large one, and head dims 16 and 48, whose blocks are padded), forward and backward against the
 # float64 reference on the same device, float32 and bf16 inputs, truncation off and on, with resets
-# and an initial state that gets a gradient. Skipped unless FWP_GPU_CHECK=1: at these sizes it needs
-# a GPU. Without CUDA (the script's --dry-run) each size is a stand-in the interpreter can afford, so
-# the dry run proves this code. With FWP_GPU_CHECK_ERRORS=<file>, each case appends its errors there
+# and an initial state that gets a gradient. Deselected unless FWP_GPU_CHECK=1 (tests/conftest.py):
+# at these sizes it needs a GPU. Without CUDA (the script's --dry-run) each size is a stand-in the
+# interpreter can afford, so the dry run proves this code. With FWP_GPU_CHECK_ERRORS=<file>, each case appends its errors there
 # as a tab-separated line (the script's table of them).
-GPU_CHECK = os.environ.get("FWP_GPU_CHECK") == "1"
 GPU_SIZES = {   # T, B, H, D
     "rl": (50, 32, 4, 32), "large": (80, 256, 8, 64), "D16": (20, 8, 2, 16), "D48": (20, 8, 2, 48)}
 STAND_INS = {"rl": (4, 2, 2, 4), "large": (4, 3, 2, 8), "D16": (3, 2, 1, 2), "D48": (3, 2, 1, 6)}
 
 
-@pytest.mark.skipif(not GPU_CHECK, reason="bench/gpu_check.sh's step (FWP_GPU_CHECK=1): sizes for a GPU")
 @pytest.mark.parametrize("truncate", [False, True], ids=["bptt", "truncated"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("size", GPU_SIZES)
