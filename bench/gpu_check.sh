@@ -194,7 +194,7 @@ step_train() {
   local common actor central
   if (( DRY )); then
     common="--envs-per-actor 4 --set learner.batch_size=4 --set learner.unroll_length=10 --set run.log_interval_s=2"
-    actor=20; central=8
+    actor=8; central=5      # the dry run proves the path (a first report from each run), no rate
   else
     # 16 cores: 14 actors + the learner; central: 13 + the learner + the server, which shares the GPU.
     # The time left, less about 40 s per run to start (Ray, 14 actors, the first report) and to stop,

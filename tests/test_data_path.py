@@ -154,7 +154,9 @@ def test_holder_keeps_the_newest_version_only():
 def test_a_queued_rollout_acts_on_weights_published_after_it_was_queued(ray_session):
     """Two actors, each busy with a long rollout when a second one is queued; the learner then
     publishes version 7: the queued rollouts start from version 7, not the version of their call."""
-    cfg = load_config("cartpole", ["learner.unroll_length=3000", "env.num_envs=2", "learner.device=cpu"])
+    # Rollouts of 1000 steps (a second or more each): both actors are built before the first calls,
+    # so both first rollouts start together and version 7 is published while they run.
+    cfg = load_config("cartpole", ["learner.unroll_length=1000", "env.num_envs=2", "learner.device=cpu"])
 
     class CountingHolder(WeightsHolder):
         asked = 0
@@ -167,7 +169,7 @@ def test_a_queued_rollout_acts_on_weights_published_after_it_was_queued(ray_sess
             return self.asked
     holder = ray.remote(CountingHolder).remote()
     workers = [ray.remote(RolloutWorker).remote(cfg, i, 10 * i, 1, holder) for i in range(2)]
-    info = ray.get(workers[0].info.remote())
+    info = ray.get([w.info.remote() for w in workers])[0]
     learner = Learner(cfg, info["observation_space"], info["num_actions"])
     ray.get(holder.publish.remote(0, [ray.put(flatten(learner.agent.state_dict()).payload(0))]))
     first = [w.rollout.remote() for w in workers]
