@@ -216,9 +216,8 @@ def atari_aggregates(atari, reps=REPS):
     for core in sorted(atari, key=_core_order):
         m = matrix(core, games)
         out[core] = {"games": len(games), "seeds": m.shape[0], **aggregate_ci(m, reps)}
-        shared = sorted(set(games) & set(atari.get("lstm", {})))
-        if core != "lstm" and shared:
-            out[core]["improvement"] = (len(shared), *improvement_ci(matrix(core, shared), matrix("lstm", shared), reps))
+        if core != "lstm" and "lstm" in atari:
+            out[core]["improvement"] = (len(games), *improvement_ci(m, matrix("lstm", games), reps))
     return out
 
 

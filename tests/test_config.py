@@ -155,7 +155,7 @@ def test_a_logdir_holding_another_run_needs_resume(no_ray, capsys, tmp_path):
 @pytest.mark.parametrize("argv, texts", SUBPROCESS_INPUTS, ids=[_case_id(c) for c in SUBPROCESS_INPUTS])
 def test_refusal_exits_2_in_one_line_within_5_s_and_starts_no_ray_session(tmp_path, argv, texts):
     """As a user runs it. Ray's session directories go under RAY_TMPDIR (a short path: Ray's socket
-    names must fit), where a Ray this command started would leave one; the shared /tmp/ray would also
+    names must fit), where a Ray this command started would leave one; Ray's shared default temp folder would also
     get those of other Ray users on the machine."""
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
     try:

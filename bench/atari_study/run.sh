@@ -6,9 +6,9 @@
 # same for both cores; --eval-episodes 0 spends the compute on runs instead of a post-hoc eval.
 # The training code is frozen for the whole study: run it from a worktree of the study's commit, so
 # that work on main cannot reach the runs, writing into main's bench/atari_study:
-#   git worktree add /work/study <commit>
-#   rm -r /work/study/bench/atari_study && ln -s $PWD/bench/atari_study /work/study/bench/atari_study
-#   /work/study/bench/atari_study/run.sh
+#   git worktree add ../rfwp-study <commit>
+#   rm -r ../rfwp-study/bench/atari_study && ln -s $PWD/bench/atari_study ../rfwp-study/bench/atari_study
+#   ../rfwp-study/bench/atari_study/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 STUDY=bench/atari_study
