@@ -57,6 +57,23 @@ def queue_size(cfg, num_envs):
     return cfg.run.learner_queue_size or 2 * need
 
 
+def inference_server_args(cfg, holder_name):
+    """The InferenceServer's constructor arguments, small enough for Ray to pass inline: a restartable
+    actor must not be built from object-store arguments (ray-project/ray#53727: a restart fails once
+    they are gone), and Ray puts any argument over 100 KB there. So the observation space travels as
+    its shape and dtype, all the server reads: a gymnasium Box keeps its bounds per element, and
+    pickles to 113 KB for an Atari frame stack [4, 84, 84]."""
+    import dataclasses
+    import types
+
+    from actors.envs import make_env
+    probe = make_env(dataclasses.replace(cfg.env, num_threads=1, num_envs=cfg.env.env_batches), 0)   # spaces only
+    space = types.SimpleNamespace(shape=tuple(probe.observation_space.shape), dtype=probe.observation_space.dtype)
+    actions = probe.num_actions
+    probe.close()
+    return cfg, space, actions, holder_name, cfg.run.seed
+
+
 class LearnerService:
     def __init__(self, cfg, checkpoint_payload=None, source="checkpoint", worker_cls=RolloutWorker):
         """worker_cls: the rollout actors' class (bench/learner.py --pipeline passes producers of
@@ -123,18 +140,12 @@ class LearnerService:
     def _start_inference(self, cfg):
         """The central inference server (actors/inference.py), threaded: each actor's requests wait
         in their own thread while one batching thread serves them all."""
-        import dataclasses
-
-        from actors.envs import make_env
         from actors.inference import InferenceServer
-        probe = make_env(dataclasses.replace(cfg.env, num_threads=1, num_envs=cfg.env.env_batches), 0)   # spaces only
-        space, actions = probe.observation_space, probe.num_actions
-        probe.close()
         concurrency = cfg.run.num_actors * cfg.env.env_batches + 8
         return ray.remote(InferenceServer).options(
             num_cpus=cfg.run.inference_cpus, num_gpus=cfg.run.inference_gpus, max_concurrency=concurrency,
             max_restarts=-1, scheduling_strategy="DEFAULT", name=self.names["inference-server"]).remote(
-                cfg, space, actions, self.names["weights-holder"], cfg.run.seed)
+                *inference_server_args(cfg, self.names["weights-holder"]))
 
     # -- threads ------------------------------------------------------------------------------------
 

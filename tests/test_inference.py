@@ -142,3 +142,20 @@ def test_training_through_central_inference_learns_cartpole_and_survives_a_kille
     assert killed and summary["frames"] >= 80000
     assert summary["final_return"] > 60, summary          # random play: ~22
     assert not restart_args_errors()                     # holder and server passed by name
+
+
+def test_the_servers_constructor_arguments_pass_inline_for_an_atari_frame_stack():
+    """A restartable actor built from object-store arguments cannot be restarted once they are gone
+    (ray-project/ray#53727), and Ray puts any argument over its inline limit (100 KB) there. The
+    server's arguments for the Atari preset stay under it (a gymnasium Box of a [4, 84, 84] stack
+    pickles to 113 KB), and a server built from them acts on that stack."""
+    import ray.cloudpickle
+
+    from runtime.service import inference_server_args
+    cfg = load_config("atari_cpu", ["env.num_envs=2", "env.env_batches=1", "env.num_threads=1"])
+    args = inference_server_args(cfg, "weights-holder-name")
+    sizes = [len(ray.cloudpickle.dumps(a)) for a in args]
+    assert max(sizes) < 100 * 1024, sizes
+    server = InferenceServer(*args[:3], None, args[4])
+    assert server.obs_shape == (4, 84, 84) and server.stacks
+    assert server.agent.num_actions == 4          # Breakout's minimal action set
