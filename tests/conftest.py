@@ -28,8 +28,9 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="module")
 def ray_session():
-    """The local Ray session the tests share: started by the first module that needs it and kept
-    to the end (each start and shutdown costs seconds), with 6 logical CPUs: room for two CartPole
+    """The local Ray session the tests of one pytest worker share (pyproject's addopts run two, each
+    with whole modules): started by the first module that needs it and kept to the end of the worker
+    (each start and shutdown costs seconds), with 6 logical CPUs: room for two CartPole
     runs (2 actors + a learner each) side by side. A test that needs Ray to itself shuts it down
     (test_drills.py); the next module that asks starts it again."""
     import ray
