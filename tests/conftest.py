@@ -13,6 +13,13 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# One intra-op thread in the test processes: pyproject's addopts run two pytest workers on the 2-core
+# box and the tests' tensors are tiny, so a second OpenMP thread buys nothing and each op waits at
+# its barrier for a thread that the other worker (or a Ray actor) has descheduled: ten updates of the
+# tiny rdn learner took 10.5 s with 2 threads and 0.26 s with 1 on the loaded box. The processes
+# a test starts (launch.py, Ray's actors) set their own threads, as they do for a user.
+torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config, items):
     """The GPU-size kernel cases (test_gpu_check_sizes_match_reference) belong to bench/gpu_check.sh,
