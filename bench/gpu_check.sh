@@ -27,7 +27,7 @@
 #                  T=50), fp32 and bf16 / on the CPU, B=2 T=4, a few updates
 #   5 train        `launch.py train --config atari_throughput` on Pong, learner on the GPU, then with
 #                  run.inference=central on the same GPU; frames/s, updates/s, policy lag, nvidia-smi's
-#                  utilisation / about 20 s (and a shorter central run) with 1 actor of 4 envs
+#                  utilisation / a few seconds each (to the first reports) with 1 actor of 4 envs
 #
 # What only the GPU run reaches (the CPU cannot), and the step that covers it:
 #   compiled Triton kernels (the CPU runs them under TRITON_INTERPRET=1) ........ steps 2 and 3
@@ -194,7 +194,7 @@ step_train() {
   local common actor central
   if (( DRY )); then
     common="--envs-per-actor 4 --set learner.batch_size=4 --set learner.unroll_length=10 --set run.log_interval_s=2"
-    actor=8; central=5      # the dry run proves the path (a first report from each run), no rate
+    actor=4; central=3      # the dry run proves the path (a first report from each run), no rate
   else
     # 16 cores: 14 actors + the learner; central: 13 + the learner + the server, which shares the GPU.
     # The time left, less about 40 s per run to start (Ray, 14 actors, the first report) and to stop,
