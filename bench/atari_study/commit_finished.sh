@@ -17,7 +17,7 @@ for dir in "$study"/*/; do
   done
 done
 git add -- "${paths[@]}"
-new=$(git diff --cached --name-only -- "${paths[@]}" | grep '/result.json$' | sed "s#^$study/##; s#/result.json##" | tr '\n' ' ')
+new=$(git diff --cached --name-only -- "${paths[@]}" | { grep '/result.json$' || true; } | sed "s#^$study/##; s#/result.json##" | tr '\n' ' ')
 if git diff --cached --quiet -- "${paths[@]}"; then echo "nothing new"; exit 0; fi
 git commit -q -m "atari_study: finished runs ${new:-(summaries rebuilt)}" -- "${paths[@]}"
 git log --oneline -1
