@@ -258,9 +258,11 @@ def curve_band(curves, reps=CURVE_REPS):
 # -- outputs ------------------------------------------------------------------------------------
 
 def _fmt(x, digits=3):
+    """`digits` decimals; from 1000 on, whole numbers with thousands separators (Atari scores run to
+    the tens of thousands: 1,001 and 12,346, not 1e+03 and 1.23e+04)."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
-    return f"{x:.{digits}g}" if abs(x) >= 1000 else f"{x:.{digits}f}"
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.{digits}f}"
 
 
 def _ci(point, low, high):

@@ -461,3 +461,12 @@ def test_atari_summary_has_normalised_scores_and_aggregates(tmp_path, monkeypatc
     assert "| 1.100 [" in lstm and "| 0.875 [" in lstm, lstm
     rdn = next(line for line in text.splitlines() if line.startswith("| rdn | 2 | 3 |"))
     assert "| 0.500 [0.500, 0.500] | 0.500 [0.500, 0.500] |" in rdn
+
+
+def test_scores_from_a_thousand_on_are_whole_numbers_with_separators():
+    """Qbert's 1000.75 was written 1e+03 in the study's summary."""
+    from experiments.report import _ci, _fmt
+    assert [_fmt(1000.75), _fmt(-12345.6), _fmt(999.5), _fmt(148.7), _fmt(1.364, 2)] == \
+        ["1,001", "-12,346", "999.500", "148.700", "1.36"]
+    assert _ci(1000.75, 539.6, 1462.0) == "1,001 [539.600, 1,462]"
+    assert _fmt(float("nan")) == "n/a" and _fmt(None) == "n/a"
