@@ -148,9 +148,15 @@ def sample(pids, seconds, rate, workdir):
         _, err = proc.communicate(timeout=seconds + 60)
         path = workdir / f"{pid}.txt"
         if proc.returncode != 0 or not path.is_file():
-            raise SystemExit(f"profile: py-spy could not sample pid {pid}: {err.strip()[-300:]}")
+            raise SystemExit(f"profile_split.py: py-spy could not sample pid {pid}: {err.strip()[-300:]}")
         out[pid] = path.read_text().splitlines()
     return out
+
+
+def refuse(message):
+    """A bad argument: one line on stderr, status 2, as launch.py refuses."""
+    print(f"profile_split.py: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main(argv=None):
@@ -164,12 +170,12 @@ def main(argv=None):
     p.add_argument("--startup-s", type=float, default=180.0, help="at most this long for the run's first report")
     args = p.parse_args(argv)
     if args.seconds <= 0 or args.rate <= 0:
-        p.error("--seconds and --rate must be positive")
+        refuse("--seconds and --rate must be positive")
     missing = sorted(pid for pid in args.pid if not Path(f"/proc/{pid}").is_dir())
     if missing:
-        p.error(f"no process with pid {', '.join(map(str, missing))}")
+        refuse(f"no process with pid {', '.join(map(str, missing))}")
     if shutil.which("py-spy") is None:
-        p.error("py-spy is not on PATH: pip install -e '.[bench]' (or pip install py-spy)")
+        refuse("py-spy is not on PATH: pip install -e '.[bench]' (or pip install py-spy)")
     workdir = Path(tempfile.mkdtemp(prefix="profile_"))
     run = None
     try:
@@ -186,13 +192,13 @@ def main(argv=None):
                 if line.startswith("frames "):
                     break
                 if time.monotonic() > deadline:
-                    raise SystemExit(f"profile: no progress report within {args.startup_s:g} s")
+                    raise SystemExit(f"profile_split.py: no progress report within {args.startup_s:g} s")
             else:
-                raise SystemExit(f"profile: the run ended before its first report (exit {run.wait()})")
+                raise SystemExit(f"profile_split.py: the run ended before its first report (exit {run.wait()})")
             time.sleep(args.warmup_s)
             pids = ray_actors(run.pid)
             if not pids:
-                raise SystemExit("profile: found no RolloutWorker or LearnerService process under the run")
+                raise SystemExit("profile_split.py: found no RolloutWorker or LearnerService process under the run")
         print(f"# py-spy, {args.seconds:g} s at {args.rate} Hz, {time.strftime('%Y-%m-%d %H:%M')}, "
               f"{os.cpu_count()} CPUs; {'given processes' if args.pid else f'launch.py train --config {args.config}'}"
               + "".join(f" --set {kv}" for kv in args.set))

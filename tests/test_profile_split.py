@@ -68,8 +68,12 @@ def test_the_table_gives_each_threads_shares():
     assert "| learner loader | waiting for rollouts | 70.0% | 7 |" in text
 
 
-def test_a_pid_that_does_not_exist_is_a_one_line_error():
+def test_a_missing_pid_or_a_bad_duration_is_a_one_line_error():
     done = subprocess.run([sys.executable, str(ROOT / "bench/profile_split.py"), "--pid", "999999999"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].endswith("no process with pid 999999999"), done.stderr
+    assert done.stderr.splitlines() == ["profile_split.py: no process with pid 999999999"], done.stderr
+    done = subprocess.run([sys.executable, str(ROOT / "bench/profile_split.py"), "--seconds", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["profile_split.py: --seconds and --rate must be positive"], done.stderr

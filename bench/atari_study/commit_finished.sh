@@ -16,7 +16,7 @@ for dir in "$study"/*/; do
     for f in config.yaml episodes.csv result.json eval.json; do [[ -e $run/$f ]] && paths+=("$run/$f"); done
   done
 done
-git add -- "${paths[@]}"
+git add -f -- "${paths[@]}"   # -f: the named small files, even where a local exclude hides runs in progress
 new=$(git diff --cached --name-only -- "${paths[@]}" | { grep '/result.json$' || true; } | sed "s#^$study/##; s#/result.json##" | tr '\n' ' ')
 if git diff --cached --quiet -- "${paths[@]}"; then echo "nothing new"; exit 0; fi
 git commit -q -m "atari_study: finished runs ${new:-(summaries rebuilt)}" -- "${paths[@]}"
