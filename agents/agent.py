@@ -71,20 +71,41 @@ class Agent(nn.Module):
             nn.init.orthogonal_(head.weight, gain=gain)
             nn.init.zeros_(head.bias)
 
+    @property
+    def obs_scale(self):
+        """What an observation is multiplied by before anything else: 1/255 for uint8 frames."""
+        return 1.0 / 255.0 if self.obs_is_uint8 else 1.0
+
     @torch.no_grad()
     def update_obs_norm(self, obs):
         """Fold observations [..., *obs_shape] (as the env gives them) into the running statistics."""
-        self.obs_norm.update(obs.reshape(-1, *self.obs_shape), 1.0 / 255.0 if self.obs_is_uint8 else 1.0)
+        self.obs_norm.update(obs.reshape(-1, *self.obs_shape), self.obs_scale)
 
     def initial_state(self, batch_size, device=None):
         return self.core.initial_state(batch_size, device)
 
-    def unroll(self, obs, last_reward, reset, state, last_action=None):
+    def unroll(self, obs, last_reward, reset, state, last_action=None, preprocessed=False):
         """A whole sequence: obs [T+1, B, *obs_shape], last_reward and reset [T+1, B] (last_action
         [T+1, B] int64 when model.use_last_action), state the core state before step 0.
+        preprocessed: obs is already the torso's input (`preprocess`, viewed as [T+1, B, ...]).
         Returns logits [T+1, B, A] and baseline [T+1, B]; the core runs once over all steps."""
-        logits, baseline, _ = self._forward(obs, last_reward, reset, state, last_action)
+        logits, baseline, _ = self._forward(obs, last_reward, reset, state, last_action, preprocessed)
         return logits, baseline
+
+    def preprocess(self, obs, obs_stats=None, float_dtype=None):
+        """Observations [T, B, *obs_shape] as the env gives them -> the torso's input [T·B, ...]:
+        floats (float_dtype, default the weights'), channels-last for images, scaled (1/255 for
+        frames) and, with model.obs_norm, normalised by `obs_stats` ((mean, var, count); default
+        the agent's running statistics). Needs no gradient: the learner runs it ahead of its update."""
+        x = obs.flatten(0, 1)
+        if self.channels_last:  # on the bytes, before the float copy: a quarter of the traffic
+            x = x.contiguous(memory_format=torch.channels_last)
+        float_dtype = float_dtype or self.fc.weight.dtype
+        own_copy = x.dtype != float_dtype        # then .to makes a fresh tensor, ours to overwrite
+        x = x.to(float_dtype)
+        if self.obs_norm is not None:            # the 1/255 folded into the normalisation
+            return self.obs_norm(x, self.obs_scale, inplace=own_copy, stats=obs_stats)
+        return x * self.obs_scale if self.obs_is_uint8 else x
 
     @torch.no_grad()  # not inference_mode: its tensors could not enter the learner's autograd later
     def act(self, obs, last_reward, reset, state, last_action=None, greedy=False):
@@ -100,21 +121,16 @@ class Agent(nn.Module):
             action = torch.multinomial(F.softmax(logits.float(), dim=-1), 1).squeeze(-1)
         return action, logits, state
 
-    def _forward(self, obs, last_reward, reset, state, last_action):
+    def _forward(self, obs, last_reward, reset, state, last_action, preprocessed=False):
         T, B = self._check(obs, last_reward, reset, last_action)
         dtype = self.fc.weight.dtype
-        x = obs.flatten(0, 1)
-        if self.channels_last:  # on the bytes, before the float copy: a quarter of the traffic
-            x = x.contiguous(memory_format=torch.channels_last)
-        bf16 = self.bf16_torso_on_cpu and self.channels_last and x.device.type == "cpu"
-        float_dtype = torch.bfloat16 if bf16 else dtype
-        own_copy = x.dtype != float_dtype        # then .to makes a fresh tensor, ours to overwrite
-        x = x.to(float_dtype)
-        scale = 1.0 / 255.0 if self.obs_is_uint8 else 1.0
-        if self.obs_norm is not None:            # the 1/255 folded into the normalisation
-            x = self.obs_norm(x, scale, inplace=own_copy)
-        elif self.obs_is_uint8:
-            x = x * scale
+        bf16 = self.bf16_torso_on_cpu and self.channels_last and obs.device.type == "cpu"
+        if preprocessed:
+            x = obs.flatten(0, 1)
+            if self.channels_last:   # a view of preprocess's output; a copy only for a slice of it
+                x = x.contiguous(memory_format=torch.channels_last)
+        else:
+            x = self.preprocess(obs, float_dtype=torch.bfloat16 if bf16 else dtype)
         with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
             x = F.relu(self.fc(F.relu(self.torso(x))))
         x = (x.to(dtype) if bf16 else x).view(T, B, -1)

@@ -5,10 +5,32 @@ deviation, then clipped to [-clip, clip] (Sample Factory's and Stable-Baselines'
 On Atari this subtracts the static screen: the walls, the bricks that are still there and the
 score digits become ~0, and what moves (ball, paddle) stands out, from the first update on. The
 statistics are buffers of the agent, so they travel with the published weights and the
-checkpoint; the learner updates them from every batch (`update`) before its forward pass.
+checkpoint; the learner merges each batch's moments into them before normalising that batch
+(learner.Learner.prepare, one batch ahead of the update, in the service's loader thread).
 """
 import torch
 from torch import nn
+
+
+def batch_moments(x, scale=1.0):
+    """(n, mean, population variance) over the first dim of x * scale [N, *shape]: one pass of sums
+    over x as given (e.g. uint8 frames) instead of a scaled float copy, squared in place."""
+    n = x.shape[0]
+    flat = x.reshape(n, -1).to(torch.float32, copy=True)   # ours: squared in place below
+    mean = flat.sum(0) * (scale / n)
+    var = (flat.square_().sum(0) * (scale * scale / n) - mean ** 2).clamp_min_(0)
+    return n, mean.view(x.shape[1:]), var.view(x.shape[1:])
+
+
+def merged(stats, moments):
+    """The running (mean, var, count) `stats` with a batch's `moments` merged in, as new tensors
+    (Chan et al.'s parallel update: exact, whatever the batch sizes)."""
+    mean, var, count = stats
+    n, batch_mean, batch_var = moments
+    total = count + n
+    w = float(n / total)
+    delta = batch_mean - mean
+    return mean + delta * w, var * (1 - w) + batch_var * w + delta ** 2 * (w * (1 - w)), total
 
 
 class ObservationNorm(nn.Module):
@@ -19,12 +41,23 @@ class ObservationNorm(nn.Module):
         self.register_buffer("var", torch.ones(shape))
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
 
-    def forward(self, x, scale=1.0, inplace=False):
+    def stats(self):
+        """The running (mean, var, count), as this module holds them (not copies)."""
+        return self.mean, self.var, self.count
+
+    @torch.no_grad()
+    def set_stats(self, stats):
+        for buffer, value in zip(self.stats(), stats):
+            buffer.copy_(value)
+
+    def forward(self, x, scale=1.0, inplace=False, stats=None):
         """x [N, *shape] (float, in units of `scale`: frames as bytes with scale 1/255) -> x * scale
         normalised and clipped, in x's dtype: one fused multiply-add (scale folded into it).
-        inplace: overwrite x (the caller's own float copy of the frames: no second buffer)."""
-        inv_std = torch.rsqrt(self.var + self.eps)
-        mul, add = (inv_std * scale).to(x.dtype), (-self.mean * inv_std).to(x.dtype)
+        inplace: overwrite x (the caller's own float copy of the frames: no second buffer).
+        stats: (mean, var, count) to normalise by instead of the module's own."""
+        mean, var, _ = self.stats() if stats is None else stats
+        inv_std = torch.rsqrt(var + self.eps)
+        mul, add = (inv_std * scale).to(x.dtype), (-mean * inv_std).to(x.dtype)
         if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
             # Statistics laid out as x: with NCHW statistics the result comes out NCHW and the
             # conv torso copies it back to channels-last, in its forward and again in its backward.
@@ -36,17 +69,5 @@ class ObservationNorm(nn.Module):
     @torch.no_grad()
     def update(self, x, scale=1.0):
         """Merge the mean and (population) variance of the observations x * scale [N, *shape] into
-        the running ones (Chan et al.'s parallel update: exact, whatever the batch sizes). One pass
-        of sums over x as given (e.g. the uint8 frames) instead of scaled float copies, squared in
-        place: the learner does this on every batch (15 ms instead of 34 for 336 Atari stacks)."""
-        n = x.shape[0]
-        flat = x.reshape(n, -1).to(torch.float32, copy=True)   # ours: squared in place below
-        batch_mean = flat.sum(0) * (scale / n)
-        batch_var = (flat.square_().sum(0) * (scale * scale / n) - batch_mean ** 2).clamp_min_(0)
-        batch_mean, batch_var = batch_mean.view_as(self.mean), batch_var.view_as(self.var)
-        total = self.count + n
-        w = float(n / total)
-        delta = batch_mean - self.mean
-        self.mean.add_(delta * w)
-        self.var.copy_(self.var * (1 - w) + batch_var * w + delta ** 2 * (w * (1 - w)))
-        self.count.copy_(total)
+        the running ones (batch_moments, then merged)."""
+        self.set_stats(merged(self.stats(), batch_moments(x, scale)))

@@ -70,6 +70,8 @@ BUCKETS = {
     ],
     "learner loader": [
         ("waiting for rollouts", LEAF_WAIT),
+        ("prepare the next batch: observation statistics", r"Learner\.prepare.*(?:batch_moments|merged)"),
+        ("prepare the next batch: stacks, floats, normalisation", r"Learner\.prepare"),
         ("fetch and stage", r""),
     ],
     "learner publisher": [

@@ -12,7 +12,7 @@
 from_rollout makes one from a rollout as actors/rollout.py returns it (runtime/batcher.py cuts
 batches of B sequences out of several); check_batch names whatever is missing or misshapen;
 to_device moves it (pinned + non_blocking on CUDA), rebuilding "obs" from the compact form;
-random_batch makes a synthetic one for tests and benchmarks.
+stack_moments gives the statistics of the stacks from the compact form; random_batch makes a synthetic one for tests and benchmarks.
 """
 import numpy as np
 import torch
@@ -38,20 +38,53 @@ def from_rollout(rollout):
     return batch
 
 
+def _stack_sources(frames, stack0, stack_reset):
+    """(history [T+S, B, H, W]: the rows' frames after stack0's first S-1 (row r at index r+S-1),
+    index [T+1, S]: the history index of channel c of stack t (t+c), valid [T+1, S, B]: whether
+    that frame is at or after the last game start at or before row t, else the channel is zeros)."""
+    T1 = frames.shape[0]
+    S = stack0.shape[1]
+    history = torch.cat([stack0[:, :S - 1].transpose(0, 1), frames])
+    rows = torch.arange(T1, device=frames.device)
+    index = rows[:, None] + torch.arange(S, device=frames.device)[None, :]             # [T+1, S]
+    starts = torch.where(stack_reset, rows[:, None], torch.full_like(rows[:, None], -T1 - S))
+    last_start = torch.cummax(starts, dim=0).values                                     # [T+1, B]
+    valid = (index - (S - 1))[:, :, None] >= last_start[:, None, :]                     # [T+1, S, B]
+    return history, index, valid
+
+
 def rebuild_obs(frames, stack0, stack_reset):
     """[T+1, B, S, H, W] frame stacks from the compact form (see above), on the tensors' device.
     Stack t holds the frames of rows t-S+1 .. t (rows < 0 from stack0), with the frames before the
-    last game start at or before row t zeroed, as AtariVectorEnv's reset leaves them."""
-    T1, B = frames.shape[:2]
-    S = stack0.shape[1]
-    history = torch.cat([stack0[:, :S - 1].transpose(0, 1), frames])       # row r at index r + S - 1
-    rows = torch.arange(T1, device=frames.device)
-    source = rows[:, None] - (S - 1) + torch.arange(S, device=frames.device)[None, :]   # [T+1, S]
-    starts = torch.where(stack_reset, rows[:, None], torch.full_like(rows[:, None], -T1 - S))
-    last_start = torch.cummax(starts, dim=0).values                         # [T+1, B]
-    valid = source[:, :, None] >= last_start[:, None, :]                    # [T+1, S, B]
-    stacks = history[source + (S - 1)] * valid[..., None, None].to(frames.dtype)   # [T+1, S, B, H, W]
-    return stacks.transpose(1, 2)
+    last game start at or before row t zeroed, as AtariVectorEnv's reset leaves them.
+    Laid out channels-last per stack ([T+1, B, H, W, S] in memory), as the conv torso reads them:
+    flattened to [N, S, H, W] they are already channels-last, with no copy to make."""
+    history, index, valid = _stack_sources(frames, stack0, stack_reset)
+    T1, S = index.shape
+    out = torch.empty(T1, *history.shape[1:], S, dtype=frames.dtype, device=frames.device)
+    for c in range(S):       # channel c of every stack: rows c .. c+T of the history, zeroed where invalid
+        torch.mul(history[c:c + T1], valid[:, c, :, None, None].to(frames.dtype), out=out[..., c])
+    return out.permute(0, 1, 4, 2, 3)
+
+
+def stack_moments(frames, stack0, stack_reset, scale=1.0):
+    """(n, mean, population variance) [S, H, W] of the (T+1)·B stacks times `scale` that
+    rebuild_obs makes, computed from the T+S distinct frames of each sequence rather than the S
+    times as many stacked ones: channel c of stack t is frame t-S+1+c or zeros, so the sums over
+    the stacks are 0/1-weighted sums over the frames, one small matrix product each (exact for the
+    sums of bytes; the squares' sums round in float32, as a direct sum would)."""
+    history, index, valid = _stack_sources(frames, stack0, stack_reset)
+    R, B, H, W = history.shape
+    T1, S = index.shape
+    weights = torch.zeros(S, R, B, device=frames.device)
+    for c in range(S):
+        weights[c, index[:, c]] = valid[:, c].float()        # index[:, c] = c, c+1, ..., c+T: no repeats
+    weights = weights.view(S, R * B)
+    x = history.reshape(R * B, H * W).float()
+    n = T1 * B
+    mean = weights @ x * (scale / n)
+    var = (weights @ x.square_() * (scale * scale / n) - mean ** 2).clamp_min_(0)   # weights² = weights
+    return n, mean.view(S, H, W), var.view(S, H, W)
 
 
 def check_batch(batch, obs_shape, num_actions):
@@ -95,9 +128,10 @@ def check_batch(batch, obs_shape, num_actions):
     return T1 - 1, B
 
 
-def to_device(batch, device):
+def to_device(batch, device, rebuild=True):
     """The batch's tensors on `device` (on CUDA through pinned memory, so the copies are
-    asynchronous), with compact frames rebuilt into "obs" there: a quarter of the bytes cross."""
+    asynchronous), with compact frames rebuilt into "obs" there (unless not `rebuild`): a quarter of
+    the bytes cross."""
     device = torch.device(device)
     cuda = device.type == "cuda"
 
@@ -108,7 +142,7 @@ def to_device(batch, device):
 
     out = {k: move(v) for k, v in batch.items() if torch.is_tensor(v)}
     out["core_state"] = tuple(move(s) for s in batch["core_state"])
-    if "frames" in out:
+    if "frames" in out and rebuild:
         out["obs"] = rebuild_obs(out.pop("frames"), out.pop("stack0"), out.pop("stack_reset"))
     return out
 

@@ -2,6 +2,8 @@
 
     learner = Learner(cfg, env.observation_space, env.num_actions, frames_per_step=env.frames_per_step)
     stats = learner.step(batch)                  # {"loss/total": ..., "learner/lr": ..., ...}
+    stats = learner.step(learner.prepare(batch)) # the same, with the batch's own work done first
+                                                 # (runtime/service.py: in its loader thread)
     version, state_dict = learner.weights()      # CPU copy to publish to the actors
     learner.save(run_dir / "checkpoint.pt", extra={...});  extra = learner.load(path)
 
@@ -16,10 +18,11 @@ import torch
 from torch import nn
 
 from agents import Agent
+from agents.obs_norm import batch_moments, merged
 from configs import config_to_dict
 
 from . import checkpoint, losses, vtrace
-from .batch import check_batch, to_device
+from .batch import COMPACT_OBS, check_batch, rebuild_obs, stack_moments, to_device
 from .checkpoint import CheckpointError
 from .health import DeadUnits
 from .popart import PopArt
@@ -54,6 +57,7 @@ class Learner:
         if cfg.learner.bf16 and not self.bf16:
             warnings.warn("learner.bf16 applies on CUDA only; this learner runs on the CPU in float32")
         self.frames = 0            # environment frames consumed (T * B * frames_per_step per batch)
+        self._obs_stats_ahead = None   # the observation statistics after the last batch prepared
         self.lr_anchor = (0, 1.0)  # where the lr schedule restarts (see current_lr)
         self.version = 0           # applied updates: the weights' version number
         self.skipped_updates = 0   # updates refused by the non-finite guard
@@ -88,25 +92,57 @@ class Learner:
             return factor * (1.0 - q)
         return factor * 0.5 * (1.0 + math.cos(math.pi * q))
 
+    @torch.no_grad()
+    def prepare(self, batch):
+        """The part of an update that depends only on the batch: the batch on the learner's device,
+        its frame stacks rebuilt, its observations turned into the torso's input (floats,
+        channels-last, scaled, and normalised by the running statistics with this batch merged in,
+        as `step` always did before its forward pass), and those statistics under "obs_stats"
+        (mean, var, count; () without model.obs_norm), which `step` installs in the agent.
+
+        The service runs it in its loader thread while the update thread trains on the batch
+        before, so the update thread does none of this work. Batches must be stepped in the order
+        they were prepared (the statistics chain from one prepared batch to the next), by one
+        thread; `step` given a batch that is not prepared prepares it first, from the agent's own
+        statistics. The batch is checked (check_batch) first."""
+        check_batch(batch, self.agent.obs_shape, self.agent.num_actions)
+        agent = self.agent
+        b = to_device(batch, self.device, rebuild=False)
+        compact = [b.pop(k) for k in COMPACT_OBS] if "frames" in b else None
+        obs = b["obs"] if compact is None else rebuild_obs(*compact)
+        stats = ()
+        if agent.obs_norm is not None:
+            before = self._obs_stats_ahead if self._obs_stats_ahead is not None else agent.obs_norm.stats()
+            moments = batch_moments(obs.reshape(-1, *agent.obs_shape), agent.obs_scale) if compact is None \
+                else stack_moments(*compact, agent.obs_scale)      # from the distinct frames: S times fewer
+            stats = merged(before, moments)
+            self._obs_stats_ahead = stats
+        b["obs"] = agent.preprocess(obs, stats or None).view(*obs.shape[:2], *agent.obs_shape)
+        b["obs_stats"] = stats
+        return b
+
     def step(self, batch):
-        """Learn from a batch of B unrolls: learner.epochs passes over it, each in learner.minibatches
-        gradient steps on B / minibatches whole sequences (one step per batch by default, as IMPALA).
-        Returns the statistics (floats), averaged over the steps."""
+        """Learn from a batch of B unrolls (as the actors ship it, or `prepare`d): learner.epochs
+        passes over it, each in learner.minibatches gradient steps on B / minibatches whole
+        sequences (one step per batch by default, as IMPALA). Returns the statistics (floats),
+        averaged over the steps."""
         lc = self.cfg.learner
         T, B = check_batch(batch, self.agent.obs_shape, self.agent.num_actions)
         if lc.epochs < 1 or lc.minibatches < 1 or B % lc.minibatches:
             raise ValueError(f"learner.epochs ({lc.epochs}) and learner.minibatches ({lc.minibatches}) must be "
                              f"positive, and the batch's {B} sequences must split into minibatches evenly")
-        b = to_device(batch, self.device)
+        if "obs_stats" not in batch:
+            self._obs_stats_ahead = None      # from the agent's statistics, whatever came before
+            batch = self.prepare(batch)
         lr = self.current_lr()
-        if self.agent.obs_norm is not None:    # the statistics first: this batch is normalised by them
-            self.agent.update_obs_norm(b["obs"])
+        if batch["obs_stats"]:    # the statistics this batch was normalised by: the published ones
+            self.agent.obs_norm.set_stats(batch["obs_stats"])
         size = B // lc.minibatches
         steps = []
         for _ in range(lc.epochs):
             for start in range(0, B, size):
-                part = {k: v[:, start:start + size] for k, v in b.items() if k != "core_state"}
-                part["core_state"] = tuple(s[start:start + size] for s in b["core_state"])
+                part = {k: v[:, start:start + size] for k, v in batch.items() if k not in ("core_state", "obs_stats")}
+                part["core_state"] = tuple(s[start:start + size] for s in batch["core_state"])
                 steps.append(self._update(part, lr))
         self.frames += T * B * self.frames_per_step
         stats = {k: float(np.mean([s[k] for s in steps])) for k in steps[0]}
@@ -118,7 +154,7 @@ class Learner:
         lc = self.cfg.learner
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16), self.dead_units.record():
             logits, baseline = self.agent.unroll(b["obs"], b["reward"], b["first"], b["core_state"],
-                                                 b["last_action"])
+                                                 b["last_action"], preprocessed=True)
         logits, baseline = logits.float(), baseline.float()
         # With PopArt the head predicts normalised values; V-trace works on the reward's scale.
         values = baseline.detach() if self.popart is None else self.popart.denormalize(baseline.detach())
@@ -263,6 +299,7 @@ class Learner:
                                   "learner.popart=false); resume it with learner.popart=false")
 
         self.agent.load_state_dict(payload["model"])
+        self._obs_stats_ahead = None      # the next batch prepared starts from the loaded statistics
         if self.popart is not None:
             self.popart.load_state_dict(popart)
         self.optimizer = optimizer

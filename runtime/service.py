@@ -8,10 +8,11 @@ about that long and reports what happened, so the driver can log, checkpoint and
 
 The data path, per update (threads, so that each overlaps the others):
 - the loader thread fetches finished rollouts once each (`ray.get`) and resubmits their actors
-  (`_fetch`), and concatenates B sequences straight into one of three rotating host buffers
-  (pinned on CUDA, then copied to the GPU on a side stream with an event the update waits for:
-  `_stage`);
-- the main thread (`run`) trains on the batch ready while the loader builds the next;
+  (`_fetch`), concatenates B sequences straight into one of three rotating host buffers (pinned
+  on CUDA, then copied to the GPU on a side stream with an event the update waits for), and does
+  the batch's own work there (`Learner.prepare`: frame stacks, observation statistics and
+  normalisation: `_stage`);
+- the main thread (`run`) trains on the batch ready while the loader prepares the next;
 - the publisher thread turns the newest weights (flattened on the device after each update, or
   every run.publish_interval) into one numpy buffer in the object store and hands its reference to
   the WeightsHolder, from which every rollout fetches the newest version when it starts.
@@ -220,12 +221,15 @@ class LearnerService:
         if taken is None:                        # stale sequences were dropped: fewer than B are left
             return True
         batch, versions = taken
+        # The batch's own work (stacks, observation statistics and normalisation) here, so that the
+        # update thread only trains: on 2 CPU cores this thread runs while the actor waits.
         if self._copy_stream is not None:
             with torch.cuda.stream(self._copy_stream):
-                batch = {k: tuple(s.to(self.device, non_blocking=True) for s in v) if k == "core_state"
-                         else v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                batch = self.learner.prepare(batch)
                 self._copied[turn] = torch.cuda.Event()
                 self._copied[turn].record(self._copy_stream)
+        else:
+            batch = self.learner.prepare(batch)
         item = (batch, versions, self._copied[turn])
         self._turn = (turn + 1) % BUFFERS
         while not self._stop.is_set():

@@ -281,6 +281,87 @@ def test_observation_norm_keeps_exact_running_statistics_and_travels_with_the_we
     assert torch.equal(weights["obs_norm.mean"], learner.agent.obs_norm.mean)
 
 
+def _compact(seed, T1, B, S=4, H=9, W=7, p_reset=0.3):
+    """Compact frames (learner/batch.py's form) with game starts, row 0 among them for some rows."""
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.randint(0, 256, (T1, B, H, W), generator=g, dtype=torch.uint8)
+    stack0 = torch.randint(0, 256, (B, S, H, W), generator=g, dtype=torch.uint8)
+    reset = torch.rand(T1, B, generator=g) < p_reset
+    reset[0, 0], reset[1, 0] = True, True              # a start at row 0, and two in a row
+    return frames, stack0, reset
+
+
+def _stacks_by_hand(frames, stack0, reset):
+    """float64 [T+1, B, S, H, W]: channel c of stack t is the frame of row t-S+1+c (rows < 0 from
+    stack0), or zeros if a game started after that row, at or before row t."""
+    T1, B = reset.shape
+    S = stack0.shape[1]
+    out = np.zeros((T1, B, S, *frames.shape[2:]))
+    for t in range(T1):
+        for b in range(B):
+            starts = [r for r in range(t + 1) if reset[r, b]]
+            for c in range(S):
+                row = t - S + 1 + c
+                if starts and row < starts[-1]:
+                    continue
+                out[t, b, c] = stack0[b, row + S - 1].numpy() if row < 0 else frames[row, b].numpy()
+    return out
+
+
+def test_frame_stacks_and_their_statistics_from_the_compact_form_match_stacks_built_by_hand():
+    from learner.batch import rebuild_obs, stack_moments
+    frames, stack0, reset = _compact(0, T1=7, B=3)
+    expected = _stacks_by_hand(frames, stack0, reset)
+    stacks = rebuild_obs(frames, stack0, reset)
+    np.testing.assert_array_equal(stacks.numpy(), expected)
+    # laid out as the conv torso reads them: flattened over (T+1, B), channels-last with no copy
+    flat = stacks.flatten(0, 1)
+    assert flat.is_contiguous(memory_format=torch.channels_last) and flat.data_ptr() == stacks.data_ptr()
+    n, mean, var = stack_moments(frames, stack0, reset, 1 / 255)
+    scaled = expected.reshape(-1, *expected.shape[2:]) / 255
+    assert n == 7 * 3
+    np.testing.assert_allclose(mean.numpy(), scaled.mean(0), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(var.numpy(), scaled.var(0), rtol=1e-5, atol=1e-9)
+
+
+def test_batches_prepared_ahead_train_as_batches_prepared_in_the_update():
+    """The service prepares each batch in its loader thread while the update trains on the one
+    before: the observation statistics then chain from prepared batch to prepared batch, but the
+    agent's (published) statistics after each update are those of the batches trained on so far,
+    and the weights come out as those of a learner that does everything inside step."""
+    cfg = tiny_config("lstm", "model.obs_norm=true", "model.torso=nature")
+    space = image_space((4, 36, 36))
+    inline, ahead = Learner(cfg, space, NUM_ACTIONS), Learner(cfg, space, NUM_ACTIONS)
+    batches = []
+    for k in range(4):
+        batch = random_batch((4, 36, 36), torch.uint8, NUM_ACTIONS, T, B, inline.agent.initial_state(B), seed=k)
+        del batch["obs"]
+        batch["frames"], batch["stack0"], batch["stack_reset"] = _compact(k, T + 1, B, H=36, W=36)
+        batches.append(batch)
+    prepared = [ahead.prepare(batches[0]), ahead.prepare(batches[1])]
+    for k, batch in enumerate(batches):
+        inline.step(batch)
+        ahead.step(prepared.pop(0))
+        if k + 2 < len(batches):
+            prepared.append(ahead.prepare(batches[k + 2]))
+        seen = np.concatenate([_stacks_by_hand(b["frames"], b["stack0"], b["stack_reset"]).reshape(-1, 4, 36, 36)
+                               for b in batches[:k + 1]]) / 255
+        np.testing.assert_allclose(ahead.agent.obs_norm.mean.numpy(), seen.mean(0), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(ahead.agent.obs_norm.var.numpy(), seen.var(0), rtol=1e-4, atol=1e-7)
+        assert ahead.agent.obs_norm.count.item() == len(seen)
+    for (name, p), q in zip(inline.agent.state_dict().items(), ahead.agent.state_dict().values()):
+        assert torch.equal(p, q), name
+    # A load (a resume) restarts the chain from the loaded statistics, not from the batches
+    # prepared before it.
+    fresh = Learner(cfg, space, NUM_ACTIONS)
+    ahead.prepare(batches[0])
+    ahead.load_payload(fresh.payload())
+    ahead.step(ahead.prepare(batches[3]))
+    only = _stacks_by_hand(batches[3]["frames"], batches[3]["stack0"], batches[3]["stack_reset"]).reshape(-1, 4, 36, 36) / 255
+    np.testing.assert_allclose(ahead.agent.obs_norm.mean.numpy(), only.mean(0), rtol=1e-5, atol=1e-7)
+    assert ahead.agent.obs_norm.count.item() == len(only)
+
+
 @pytest.mark.parametrize("loss", ["impala", "appo"])
 def test_forced_steps_stay_out_of_the_policy_loss(loss):
     """A forced step (the env's FIRE after a life loss) is the environment's move: whatever action

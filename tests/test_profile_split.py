@@ -42,6 +42,12 @@ RAW = [
     f"{BG};LearnerService._guard (runtime/service.py:150);LearnerService._load (runtime/service.py:208);"
     f"wait (ray/_private/worker.py:3237) 7",
     f"{BG};LearnerService._guard (runtime/service.py:150);LearnerService._load (runtime/service.py:208) 3",
+    # the loader preparing the next batch (its statistics, then its normalisation)
+    f"{BG};LearnerService._load (runtime/service.py:208);LearnerService._stage (runtime/service.py:260);"
+    f"Learner.prepare (learner/learner.py:115);batch_moments (agents/obs_norm.py:22) 5",
+    f"{BG};LearnerService._load (runtime/service.py:208);LearnerService._stage (runtime/service.py:262);"
+    f"Learner.prepare (learner/learner.py:118);"
+    f"Agent.preprocess (agents/agent.py:100);ObservationNorm.forward (agents/obs_norm.py:70) 4",
     # threads that are Ray's own are left out
     f"{BG};Event.wait (threading.py:622);Condition.wait (threading.py:327) 50",
     "",
@@ -55,7 +61,9 @@ def test_stacks_fall_in_the_buckets_counted_by_hand():
                                   "observation norm": 3}
     assert dict(got["learner update"]) == {"backward": 20, "observation statistics": 4,
                                            "health tags (forward hooks)": 1, "optimiser": 2, "waiting for a batch": 3}
-    assert dict(got["learner loader"]) == {"waiting for rollouts": 7, "fetch and stage": 3}
+    assert dict(got["learner loader"]) == {"waiting for rollouts": 7, "fetch and stage": 3,
+                                           "prepare the next batch: observation statistics": 5,
+                                           "prepare the next batch: stacks, floats, normalisation": 4}
     assert set(got) == {"actor", "learner update", "learner loader"}
 
 
@@ -65,7 +73,7 @@ def test_the_table_gives_each_threads_shares():
     assert "| actor | torso | 30.0% | 12 |" in text                     # 12 of the actor's 40
     assert "| actor | idle between rollouts | 25.0% | 10 |" in text
     assert "| learner update | backward | 66.7% | 20 |" in text          # 20 of 30
-    assert "| learner loader | waiting for rollouts | 70.0% | 7 |" in text
+    assert "| learner loader | waiting for rollouts | 36.8% | 7 |" in text   # 7 of 19
 
 
 def test_a_missing_pid_or_a_bad_duration_is_a_one_line_error():
