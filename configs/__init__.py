@@ -169,6 +169,8 @@ class RunConfig:
     publish_interval: int = Field(1, ge=1, description="updates between two publications of the weights to the actors")
     max_learner_restarts: int = Field(3, ge=0, description="times the driver restarts a dead learner from the last "
                                       "checkpoint")
+    learner_threads: int = Field(0, ge=0, description="torch threads of the learner's process (its update and the "
+                                 "loader's batch preparation); 0: the CPUs Ray reserves for it, 1")
     inference: Literal["actor", "central"] = Field(
         "actor", description="where the policy acts: in each rollout actor, or central (one server batches the "
         "requests of all actors' envs; the actors only step envs)")

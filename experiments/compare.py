@@ -45,8 +45,10 @@ from runtime.driver import RunDir, Training, env_dirname
 
 from . import report
 from .evaluate import eval_seed, evaluate
-# Keys that may differ between a run on disk and the command that continues it.
-FREE_KEYS = {"run.total_frames", "run.logdir", "run.log_interval_s", "run.checkpoint_interval_s"}
+# Keys that may differ between a run on disk and the command that continues it (the learner's
+# threads change its speed, not what it computes).
+FREE_KEYS = {"run.total_frames", "run.logdir", "run.log_interval_s", "run.checkpoint_interval_s",
+             "run.learner_threads"}
 
 
 class CompareError(Error):

@@ -80,6 +80,8 @@ class LearnerService:
         """worker_cls: the rollout actors' class (bench/learner.py --pipeline passes producers of
         prebuilt rollouts with RolloutWorker's interface)."""
         self.cfg, rc = cfg, cfg.run      # a configs.Config, checked before Ray started
+        if rc.learner_threads:           # else Ray's OMP_NUM_THREADS: the learner's 1 CPU
+            torch.set_num_threads(rc.learner_threads)
         # The holder lives on the learner's node (it goes when the learner goes anyway) and comes
         # back empty if it is lost: workers then keep their weights until the next publication.
         here = ray.get_runtime_context().get_node_id()

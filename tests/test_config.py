@@ -61,6 +61,7 @@ BAD_INPUTS = [
     (["--set", "run.inference_timeout_ms=-1"], ["run.inference_timeout_ms must be >= 0, got -1"]),
     (["--set", "run.inference_weights_poll_ms=0"], ["run.inference_weights_poll_ms must be > 0, got 0"]),
     (["--set", "run.inference_batch=0"], ["run.inference_batch must be >= 1, got 0"]),
+    (["--set", "run.learner_threads=-2"], ["run.learner_threads must be >= 0, got -2"]),
     # rules between keys: a batch the envs cannot fill, groups, minibatches, torso and observations
     (["--set", "run.learner_queue_size=1", "--set", "learner.batch_size=64"],
      ["run.learner_queue_size=1 rollouts of env.num_envs=32 envs hold fewer than a batch of learner.batch_size=64",
@@ -198,10 +199,18 @@ def test_every_preset_loads_and_its_config_yaml_reads_back_the_same(preset, tmp_
 
 
 def test_a_config_yaml_written_before_pydantic_loads_and_writes_back_unchanged():
+    import yaml
     text = OLD_CONFIG.read_text()
     cfg = load_config(OLD_CONFIG)
     body = "".join(line for line in text.splitlines(keepends=True) if not line.startswith("#"))
-    assert config_yaml(cfg) == body
+    # Keys added since it was written come back at their defaults (what the old run did) ...
+    old, defaults = yaml.safe_load(body), config_to_dict(load_config(None))
+    added = {k: v for s, fields in config_to_dict(cfg).items() for k, v in fields.items() if k not in old[s]}
+    assert added == {k: v for s, fields in defaults.items() for k, v in fields.items() if k in added}
+    # ... and everything else is written back as it was, line for line.
+    written = "".join(line for line in config_yaml(cfg).splitlines(keepends=True)
+                      if line.split(":")[0].strip() not in added)
+    assert written == body
     assert (cfg.learner.lr, cfg.learner.adam_eps, cfg.run.save_at_frames) == (3e-4, 1e-5, (1_000_000, 2_000_000))
     assert type(cfg.run.total_frames) is int and type(cfg.env.sticky_actions) is float
 
@@ -212,11 +221,17 @@ RUN_CONFIGS = sorted(ROOT.glob("bench/atari_study/*/*/*/seed*/config.yaml")) + s
 @pytest.mark.parametrize("path", RUN_CONFIGS or [None], ids=[str(p.relative_to(ROOT)) for p in RUN_CONFIGS] or ["none"])
 def test_every_run_directory_config_in_the_checkout_loads_unchanged(path):
     """compare.py checks a run's saved config against the requested one key by key: a saved
-    config.yaml must read back to the same keys and values."""
+    config.yaml must read back to the same keys and values, and a key added since it was written
+    to its default (which must be what the run did)."""
     if path is None:
         pytest.skip("no run directories in this checkout")
     import yaml
-    assert config_to_dict(load_config(path)) == yaml.safe_load(path.read_text())
+    saved, loaded = yaml.safe_load(path.read_text()), config_to_dict(load_config(path))
+    defaults = config_to_dict(load_config(None))
+    assert set(saved) == set(loaded)
+    for section, fields in loaded.items():
+        for key, value in fields.items():
+            assert value == saved[section].get(key, defaults[section][key]), f"{section}.{key}"
 
 
 def test_numbers_in_exponent_form_are_numbers():
