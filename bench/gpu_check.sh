@@ -33,6 +33,8 @@
 #   compiled Triton kernels (the CPU runs them under TRITON_INTERPRET=1) ........ steps 2 and 3
 #   pinned host buffers and the side copy stream of the learner's data path
 #     (runtime/service.py's loader, runtime/batcher.py, learner/batch.py) ....... step 4 (--pipeline), step 5
+#   Learner.prepare on that stream (stacks, observation statistics, normalisation one batch
+#     ahead of the update, then record_stream of the prepared tensors) ............ step 4 (--pipeline), step 5
 #   bf16 autocast in the learner (learner.bf16; the CPU runs float32) ........... step 4 (bf16 rows)
 #   bf16 autocast of cuDNN's LSTM and the cores (skipped by the CPU's oneDNN) .... step 3 (bfloat16 table)
 #   the learner on a GPU under Ray (num_gpus, CUDA_VISIBLE_DEVICES) .............. steps 4 and 5

@@ -112,7 +112,10 @@ class Learner:
         obs = b["obs"] if compact is None else rebuild_obs(*compact)
         stats = ()
         if agent.obs_norm is not None:
-            before = self._obs_stats_ahead if self._obs_stats_ahead is not None else agent.obs_norm.stats()
+            before = self._obs_stats_ahead
+            if before is None:   # the count on the host, so that merging a batch never waits for the device
+                mean, var, count = agent.obs_norm.stats()
+                before = (mean, var, count.cpu())
             moments = batch_moments(obs.reshape(-1, *agent.obs_shape), agent.obs_scale) if compact is None \
                 else stack_moments(*compact, agent.obs_scale)      # from the distinct frames: S times fewer
             stats = merged(before, moments)

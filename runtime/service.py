@@ -286,7 +286,8 @@ class LearnerService:
                 stream.wait_event(event)
                 for v in batch.values():
                     for x in (v if isinstance(v, tuple) else (v,)):
-                        x.record_stream(stream)
+                        if x.is_cuda:     # not the statistics' count, kept on the host
+                            x.record_stream(stream)
             lags.append(learner.version - np.mean(versions))  # updates since they acted
             for key, value in learner.step(batch).items():
                 stats[key].append(value)
