@@ -12,7 +12,8 @@
 from_rollout makes one from a rollout as actors/rollout.py returns it (runtime/batcher.py cuts
 batches of B sequences out of several); check_batch names whatever is missing or misshapen;
 to_device moves it (pinned + non_blocking on CUDA), rebuilding "obs" from the compact form;
-stack_moments gives the statistics of the stacks from the compact form; random_batch makes a synthetic one for tests and benchmarks.
+stack_moments gives the statistics of the stacks from the compact form; random_batch makes a
+synthetic one for tests and benchmarks.
 """
 import numpy as np
 import torch
