@@ -82,7 +82,6 @@ class Producer:
     def __init__(self, cfg, worker_index=0, seed=0, num_cpus=1, weights_holder=None):
         from actors import resolve_actor
         T, N, A = cfg.learner.unroll_length, cfg.env.num_envs, 6
-        g = np.random.default_rng(seed)
         self.holder, self.version = resolve_actor(weights_holder), -1   # the service passes its name
         core_state = Learner(cfg, gym.spaces.Box(0, 255, (4, 84, 84), np.uint8), A, 4).agent.initial_state(N)
         self.rollout_ = compact_rollout(T, N, A, core_state, seed)
