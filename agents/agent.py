@@ -76,11 +76,6 @@ class Agent(nn.Module):
         """What an observation is multiplied by before anything else: 1/255 for uint8 frames."""
         return 1.0 / 255.0 if self.obs_is_uint8 else 1.0
 
-    @torch.no_grad()
-    def update_obs_norm(self, obs):
-        """Fold observations [..., *obs_shape] (as the env gives them) into the running statistics."""
-        self.obs_norm.update(obs.reshape(-1, *self.obs_shape), self.obs_scale)
-
     def initial_state(self, batch_size, device=None):
         return self.core.initial_state(batch_size, device)
 

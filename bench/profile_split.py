@@ -70,7 +70,7 @@ BUCKETS = {
     ],
     "learner loader": [
         ("waiting for rollouts", LEAF_WAIT),
-        ("prepare the next batch: observation statistics", r"Learner\.prepare.*(?:batch_moments|merged)"),
+        ("prepare the next batch: observation statistics", r"Learner\.prepare.*(?:stack_moments|batch_moments|merged)"),
         ("prepare the next batch: stacks, floats, normalisation", r"Learner\.prepare"),
         ("fetch and stage", r""),
     ],

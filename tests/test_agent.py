@@ -93,7 +93,7 @@ def test_observation_norm_never_writes_into_the_callers_observations(torso, spac
     obs, reward, state = obs.float() + 0.5, reward.float(), tuple(s.float() for s in state)
     if obs.dim() == 5:   # frames already channels-last, so the torso's layout change is no copy either
         obs = obs.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
-    agent.update_obs_norm(obs)
+    agent.obs_norm.update(obs.reshape(-1, *agent.obs_shape), agent.obs_scale)   # statistics that are not the init's
     kept = obs.clone()
     logits = agent.unroll(obs, reward, reset, state)[0]
     assert torch.equal(obs, kept)

@@ -42,9 +42,12 @@ RAW = [
     f"{BG};LearnerService._guard (runtime/service.py:150);LearnerService._load (runtime/service.py:208);"
     f"wait (ray/_private/worker.py:3237) 7",
     f"{BG};LearnerService._guard (runtime/service.py:150);LearnerService._load (runtime/service.py:208) 3",
-    # the loader preparing the next batch (its statistics, then its normalisation)
+    # the loader preparing the next batch: the statistics of compact Atari frames, of whole
+    # observations, then the normalisation
     f"{BG};LearnerService._load (runtime/service.py:208);LearnerService._stage (runtime/service.py:260);"
-    f"Learner.prepare (learner/learner.py:115);batch_moments (agents/obs_norm.py:22) 5",
+    f"Learner.prepare (learner/learner.py:118);stack_moments (learner/batch.py:80) 3",
+    f"{BG};LearnerService._load (runtime/service.py:208);LearnerService._stage (runtime/service.py:260);"
+    f"Learner.prepare (learner/learner.py:117);batch_moments (agents/obs_norm.py:22) 2",
     f"{BG};LearnerService._load (runtime/service.py:208);LearnerService._stage (runtime/service.py:262);"
     f"Learner.prepare (learner/learner.py:118);"
     f"Agent.preprocess (agents/agent.py:100);ObservationNorm.forward (agents/obs_norm.py:70) 4",
