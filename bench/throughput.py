@@ -225,16 +225,17 @@ def actor_part(args):
 
 def train_part(args):
     """runtime.driver.Training on a preset for --train-seconds; frames/s of the reports after the
-    first third. With --vs, each core also trains with the preset plus those values, alternately,
-    so the two rows of a core see the same load and their ratio holds."""
+    first third. With --vs (repeatable: one variant each), each core also trains with the preset
+    plus those values, one run after the other, so the rows of a core see the same load and their
+    ratios hold."""
     import tempfile
 
     from configs import load_config
     from runtime.driver import Training
-    variants = [("preset", [])] + ([("with --vs", args.vs)] if args.vs else [])
+    variants = [[]] + (args.vs or [])
     rows = []
     for core in ("lstm", "rdn"):
-        for name, extra in variants:
+        for extra in variants:
             with tempfile.TemporaryDirectory() as tmp:
                 cfg = load_config(args.preset, [*extra, f"model.core={core}", "run.total_frames=1000000000",
                                                 "run.log_interval_s=5", f"run.logdir={tmp}/run"])
@@ -246,16 +247,16 @@ def train_part(args):
                         lags.append(report["stats"].get("learner/policy_lag", float("nan")))
                     return time.monotonic() - start > args.train_seconds
                 Training(cfg).run(progress=False, on_report=on_report)
-            rows.append({"what": f"train {args.preset}" + ("" if not extra else " --vs"), "env": cfg.env.id,
+            rows.append({"what": f"train {args.preset}" + (f" --vs {' '.join(extra)}" if extra else ""), "env": cfg.env.id,
                          "core": core, "actors x envs": f"{cfg.run.num_actors} x {cfg.env.num_envs}",
                          "frames/s": float(np.median(rates)) if rates else float("nan"),
                          "policy lag": f"{np.median(lags):.2f}" if lags else "-"})
-        if args.vs:
-            rows[-1]["preset / --vs"] = f"{rows[-2]['frames/s'] / rows[-1]['frames/s']:.2f}"
-            rows[-2]["preset / --vs"] = ""
+        if args.vs:      # each variant against the preset, the same core
+            preset = rows[-len(variants)]
+            for row in rows[-len(variants):]:
+                row["this / preset"] = f"{row['frames/s'] / preset['frames/s']:.2f}"
     print_table(f"End to end ({os.cpu_count()} cores): median of the learner's frames/s and "
-                f"policy-lag reports after warm-up, {args.train_seconds:g} s per run"
-                + (f"; --vs = {' '.join(args.vs)}" if args.vs else ""), rows)
+                f"policy-lag reports after warm-up, {args.train_seconds:g} s per run", rows)
 
 
 class GpuSampler:
@@ -428,8 +429,9 @@ def main():
     parser.add_argument("--inference-timeout-ms", type=float, nargs="+", default=[2.0],
                         help="central rows: one per run.inference_timeout_ms value (a batch's wait for more requests)")
     parser.add_argument("--train-seconds", type=float, default=60.0, help="seconds per train run")
-    parser.add_argument("--vs", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="train part: also run each core with the preset plus these values, side by side")
+    parser.add_argument("--vs", nargs="+", action="append", metavar="KEY=VALUE",
+                        help="train part: also run each core with the preset plus these values, side by side "
+                        "(repeatable: one variant per --vs)")
     parser.add_argument("--launch", action="append", metavar="NAME:SECONDS:ARGS",
                         help="launch part: a `launch.py train --config <preset>` run, stopped SECONDS after its first "
                         "progress line, with the launch.py arguments ARGS (repeatable; e.g. "

@@ -161,7 +161,7 @@ class RunConfig:
     logdir: str = Field("", description="run directory; empty: runs/<env>-<core>-<date-time>")
     max_rollouts_in_flight: int = Field(2, ge=1, description="rollout calls pending per actor, at most; calls go out "
                                         "only while the sequences not yet trained on stay within a rollout per actor "
-                                        "plus the rest of a batch")
+                                        "plus the rest of a batch plus the batch being prepared")
     learner_queue_size: int = Field(0, ge=0, description="rollouts the learner fetches ahead of training on them; 0: "
                                     "enough for two batches")
     max_policy_lag: int = Field(0, ge=0, description="drop (and count) sequences acted with weights more than this "
