@@ -40,6 +40,7 @@ class ObservationNorm(nn.Module):
         self.register_buffer("mean", torch.zeros(shape))
         self.register_buffer("var", torch.ones(shape))
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self._affine_cache = None   # (key, (mul, add)) of the module's own statistics, see _affine
 
     def stats(self):
         """The running (mean, var, count), as this module holds them (not copies)."""
@@ -55,16 +56,30 @@ class ObservationNorm(nn.Module):
         normalised and clipped, in x's dtype: one fused multiply-add (scale folded into it).
         inplace: overwrite x (the caller's own float copy of the frames: no second buffer).
         stats: (mean, var, count) to normalise by instead of the module's own."""
+        channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+        mul, add = self._affine(scale, x.dtype, channels_last, stats)
+        return torch.addcmul(add, x, mul, out=x if inplace else None).clamp_(-self.clip, self.clip)
+
+    def _affine(self, scale, dtype, channels_last, stats):
+        """(mul, add) with x * mul + add = (x * scale - mean) / sqrt(var + eps). For the module's own
+        statistics they are kept until those change: an actor normalises every step with the
+        statistics of the weights it last loaded, and recomputing these every step (six small ops)
+        cost about as much as normalising 8 envs' frames. A change is any in-place write to the buffers (load_state_dict,
+        set_stats, update: each bumps the tensor's version counter) or new buffers (.to())."""
         mean, var, _ = self.stats() if stats is None else stats
+        key = None if stats is not None else \
+            (mean.data_ptr(), mean._version, var.data_ptr(), var._version, scale, dtype, channels_last)
+        if key is not None and self._affine_cache is not None and self._affine_cache[0] == key:
+            return self._affine_cache[1]
         inv_std = torch.rsqrt(var + self.eps)
-        mul, add = (inv_std * scale).to(x.dtype), (-mean * inv_std).to(x.dtype)
-        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        mul, add = (inv_std * scale).to(dtype), (-mean * inv_std).to(dtype)
+        if channels_last:
             # Statistics laid out as x: with NCHW statistics the result comes out NCHW and the
             # conv torso copies it back to channels-last, in its forward and again in its backward.
             mul, add = (s[None].contiguous(memory_format=torch.channels_last) for s in (mul, add))
-        if inplace:
-            return x.mul_(mul).add_(add).clamp_(-self.clip, self.clip)
-        return torch.addcmul(add, x, mul).clamp_(-self.clip, self.clip)
+        if key is not None:
+            self._affine_cache = (key, (mul, add))
+        return mul, add
 
     @torch.no_grad()
     def update(self, x, scale=1.0):

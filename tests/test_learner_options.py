@@ -229,6 +229,45 @@ def test_epochs_and_minibatches_are_that_many_steps_on_the_sub_batches():
         Learner(tiny_config("rdn", "learner.batch_size=3", "learner.minibatches=3"), VECTOR, NUM_ACTIONS).step(batch)
 
 
+def test_observation_norm_follows_its_statistics_whatever_changes_them():
+    """The module keeps the (mul, add) of its own statistics between calls (an actor normalises
+    every step with the same ones): after every way the statistics change (a batch merged in,
+    set_stats, load_state_dict as an actor loads published weights, a direct in-place write), and
+    after a call with other statistics, the output is the float64 formula of the statistics the
+    module holds at that moment, never the ones it held before."""
+    from agents.obs_norm import ObservationNorm
+    rng = np.random.default_rng(3)
+    norm = ObservationNorm((4, 6, 5))
+    frames = torch.from_numpy(rng.integers(0, 256, (10, 4, 6, 5), dtype=np.uint8))
+    x = frames.float().contiguous(memory_format=torch.channels_last)
+
+    def check(out):
+        mean, var = norm.mean.double().numpy(), norm.var.double().numpy()
+        want = np.clip((frames.double().numpy() / 255 - mean) / np.sqrt(var + 1e-5), -5, 5)
+        np.testing.assert_allclose(out.double().numpy(), want, rtol=1e-5, atol=1e-5)
+
+    check(norm(x.clone(), 1 / 255, inplace=True))               # the initial statistics (0, 1)
+    other = ObservationNorm((4, 6, 5))
+    other.update(torch.from_numpy(rng.integers(0, 256, (30, 4, 6, 5), dtype=np.uint8)), 1 / 255)
+    changes = [
+        lambda: norm.update(torch.from_numpy(rng.integers(0, 256, (7, 4, 6, 5), dtype=np.uint8)), 1 / 255),
+        lambda: norm.set_stats(other.stats()),
+        lambda: norm.load_state_dict({"mean": torch.rand(4, 6, 5), "var": torch.rand(4, 6, 5) * 0.1,
+                                      "count": torch.tensor(5.0, dtype=torch.float64)}),
+        lambda: norm.var.mul_(4.0),
+    ]
+    for change in changes:
+        before = norm(x.clone(), 1 / 255, inplace=True)
+        change()
+        after = norm(x.clone(), 1 / 255, inplace=True)
+        check(after)
+        assert not torch.allclose(before, after)                  # the change did change the output
+        check(norm(x, 1 / 255))                                   # not in place: the same values
+    # Another module's statistics passed in are used for that call only.
+    assert not torch.equal(norm(x, 1 / 255, stats=other.stats()), norm(x, 1 / 255))
+    check(norm(x, 1 / 255))
+
+
 def test_observation_norm_keeps_exact_running_statistics_and_travels_with_the_weights():
     from agents.obs_norm import ObservationNorm
     rng = np.random.default_rng(0)
