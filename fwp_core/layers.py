@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import ops
-from .ops.delta_rule.naive import delta_update
+from .ops.delta_rule.naive import delta_update, read
 from .options import FEATURE_MAPS, RDN_INITS
 
 RULES = ("sum_rule", "delta_rule", "rdn", "delta_rnn", "delta_lstm")
@@ -138,7 +138,7 @@ class FastWeightLayer(nn.Module):
                 h, c = h * keep[:, None, None], c * keep[:, None, None]
             R = delta_update(R, kr[t].to(acc), vr[t].to(acc), br[t].to(acc))
             s = torch.softmax(h, dim=-1).repeat(1, 3, 1)                    # [B, 3H, D]
-            zi, zu, zo = (z[t].to(acc) + torch.einsum("bhkv,bhk->bhv", R, s)).split(H, dim=1)
+            zi, zu, zo = (z[t].to(acc) + read(R, s)).split(H, dim=1)
             i, o = torch.sigmoid(zi), torch.sigmoid(zo)
             c = i * zu + (1 - i) * c
             h = o * c

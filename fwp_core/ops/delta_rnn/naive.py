@@ -6,7 +6,7 @@
 """
 import torch
 
-from ..delta_rule.naive import delta_update
+from ..delta_rule.naive import delta_update, read
 
 
 def delta_rnn_naive(q, k, v, beta, kr, vr, br, W, R, y_last, reset, truncate=False):
@@ -25,7 +25,7 @@ def delta_rnn_naive(q, k, v, beta, kr, vr, br, W, R, y_last, reset, truncate=Fal
             y_last = y_last * keep[:, None, None]
         W = delta_update(W, k[t].to(acc), v[t].to(acc), beta[t].to(acc))
         R = delta_update(R, kr[t].to(acc), vr[t].to(acc), br[t].to(acc))
-        z = torch.einsum("bhkv,bhk->bhv", W, q[t].to(acc))
-        y_last = z + torch.einsum("bhkv,bhk->bhv", R, torch.softmax(y_last, dim=-1))
+        z = read(W, q[t].to(acc))
+        y_last = z + read(R, torch.softmax(y_last, dim=-1))
         ys.append(y_last)
     return torch.stack(ys).to(q.dtype), (W, R, y_last)

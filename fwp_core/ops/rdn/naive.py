@@ -13,7 +13,7 @@ vector, so a head never needs another head's values.
 """
 import torch
 
-from ..delta_rule.naive import delta_update
+from ..delta_rule.naive import delta_update, read
 
 
 def rdn_naive(qx, kx, vx, bx, Rq, Rk, Rv, rb, W, y_last, reset, truncate=False):
@@ -39,6 +39,6 @@ def rdn_naive(qx, kx, vx, bx, Rq, Rk, Rv, rb, W, y_last, reset, truncate=False):
         v = vx[t].to(acc) + rv
         beta = torch.sigmoid(bx[t].to(acc) + (s * rb).sum(-1))
         W = delta_update(W, k, v, beta)
-        y_last = torch.einsum("bhkv,bhk->bhv", W, q)
+        y_last = read(W, q)
         ys.append(y_last)
     return torch.stack(ys).to(qx.dtype), (W, y_last)

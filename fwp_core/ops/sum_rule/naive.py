@@ -7,6 +7,8 @@ and dtype. Arguments arrive validated from `fwp_core.ops.sum_rule` with the stat
 """
 import torch
 
+from ..delta_rule.naive import read
+
 
 def sum_rule_naive(q, k, v, W, reset, truncate=False):
     """q, k: [T, B, H, Dk]; v: [T, B, H, Dv]; W: [B, H, Dk, Dv] (float32 or float64);
@@ -20,5 +22,5 @@ def sum_rule_naive(q, k, v, W, reset, truncate=False):
         if reset is not None:
             W = W * (~reset[t]).to(acc)[:, None, None, None]
         W = W + k[t].to(acc).unsqueeze(-1) * v[t].to(acc).unsqueeze(-2)
-        ys.append(torch.einsum("bhkv,bhk->bhv", W, q[t].to(acc)))
+        ys.append(read(W, q[t].to(acc)))
     return torch.stack(ys).to(q.dtype), W
