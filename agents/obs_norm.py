@@ -42,6 +42,10 @@ class ObservationNorm(nn.Module):
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
         self._affine_cache = None   # (key, (mul, add)) of the module's own statistics, see _affine
 
+    def __getstate__(self):
+        # A copy's buffers restart their version counters, so the kept (mul, add) must not travel.
+        return {**self.__dict__, "_affine_cache": None}
+
     def stats(self):
         """The running (mean, var, count), as this module holds them (not copies)."""
         return self.mean, self.var, self.count
@@ -64,8 +68,9 @@ class ObservationNorm(nn.Module):
         """(mul, add) with x * mul + add = (x * scale - mean) / sqrt(var + eps). For the module's own
         statistics they are kept until those change: an actor normalises every step with the
         statistics of the weights it last loaded, and recomputing these every step (six small ops)
-        cost about as much as normalising 8 envs' frames. A change is any in-place write to the buffers (load_state_dict,
-        set_stats, update: each bumps the tensor's version counter) or new buffers (.to())."""
+        cost about as much as normalising 8 envs' frames. A change is any in-place write to the
+        buffers (load_state_dict, set_stats, update: each bumps the tensor's version counter) or
+        new buffers (.to()); a copy (pickle, deepcopy) starts without them (__getstate__)."""
         mean, var, _ = self.stats() if stats is None else stats
         key = None if stats is not None else \
             (mean.data_ptr(), mean._version, var.data_ptr(), var._version, scale, dtype, channels_last)

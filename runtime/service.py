@@ -20,8 +20,8 @@ The data path, per update (threads, so that each overlaps the others):
 Back-pressure: each actor has at most run.max_rollouts_in_flight rollout calls pending, the
 loader fetches no more than run.learner_queue_size rollouts ahead of the update, and a call is
 issued only while the sequences asked for and not yet handed to an update (in flight, fetched,
-batched) stay within one rollout per actor plus two batches, the one being prepared and the one
-being filled (runtime/credits.py). Memory stays flat however long the run,
+batched) stay within one rollout per actor, plus the rest of a batch that a last rollout still
+fills, plus the batch being prepared (runtime/credits.py). Memory stays flat however long the run,
 and the data stays fresh when the learner is the bottleneck: a rollout starts (and fetches the
 newest weights) only when the learner will reach it soon, so learner/policy_lag stays within
 (total envs / batch size) + 2 updates, whatever max_rollouts_in_flight is; actors that outrun the

@@ -3,6 +3,7 @@ orthogonal init) and its health readings (gradient clip fraction, dead units), e
 independent computation written here."""
 import copy
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -266,6 +267,12 @@ def test_observation_norm_follows_its_statistics_whatever_changes_them():
     # Another module's statistics passed in are used for that call only.
     assert not torch.equal(norm(x, 1 / 255, stats=other.stats()), norm(x, 1 / 255))
     check(norm(x, 1 / 255))
+    # A copy made after the statistics changed normalises with the statistics it holds.
+    fresh = ObservationNorm((4, 6, 5))
+    fresh(x, 1 / 255)                                            # kept (mul, add) of the initial (0, 1)
+    fresh.set_stats(other.stats())
+    for copied in (copy.deepcopy(fresh), pickle.loads(pickle.dumps(fresh))):
+        np.testing.assert_allclose(copied(x, 1 / 255).numpy(), other(x, 1 / 255).numpy(), rtol=1e-6, atol=1e-6)
 
 
 def test_observation_norm_keeps_exact_running_statistics_and_travels_with_the_weights():
