@@ -22,7 +22,10 @@ def rdn_naive(qx, kx, vx, bx, Rq, Rk, Rv, rb, W, y_last, reset, truncate=False):
     crosses steps through W or y_{t-1} (R and r_b still get theirs from every step).
     Returns y [T, B, H, D] in qx's dtype and the final (W, y_last)."""
     acc = W.dtype
-    R = torch.cat([Rq, Rk, Rv], dim=1).to(acc)  # [H, 3D, D]: one product for the three
+    # [H, D, 3D]: one product for the three, per head as a batched matmul (s as [H, B, D]) rather
+    # than einsum("hij,bhj->bhi"): the same sums, 2x faster on the CPU at an actor's sizes
+    # (B 8, H 4, D 32: 14 against 31 us), where the acting step runs this loop once per step.
+    Rt = torch.cat([Rq, Rk, Rv], dim=1).to(acc).transpose(1, 2)
     rb = rb.to(acc)
     ys = []
     for t in range(qx.shape[0]):
@@ -33,7 +36,7 @@ def rdn_naive(qx, kx, vx, bx, Rq, Rk, Rv, rb, W, y_last, reset, truncate=False):
             W = W * keep[:, None, None, None]
             y_last = y_last * keep[:, None, None]
         s = torch.tanh(y_last)
-        rq, rk, rv = torch.einsum("hij,bhj->bhi", R, s).chunk(3, dim=-1)
+        rq, rk, rv = torch.bmm(s.transpose(0, 1), Rt).transpose(0, 1).chunk(3, dim=-1)
         q = torch.softmax(qx[t].to(acc) + rq, dim=-1)
         k = torch.softmax(kx[t].to(acc) + rk, dim=-1)
         v = vx[t].to(acc) + rv
