@@ -2,7 +2,7 @@
 
 - DIR/results.csv      one row per run found (complete or not)
 - DIR/summary.md       per env, each core's mean score over seeds with a 95% bootstrap CI, its
-                       difference to and ratio to the LSTM; for Atari also human-normalised scores
+                       difference to the LSTM (bootstrap and Welch t CIs) and ratio to it; for Atari also human-normalised scores
                        and, across games, median and IQM
 - DIR/curves_<env>.png return against frames, one line per core with its 95% CI band
 - DIR/aggregate.png    (Atari, two cores or more) IQM of the human-normalised scores per core and
@@ -177,6 +177,20 @@ def difference_ci(scores, baseline, reps=REPS):
     return _bootstrap([scores, baseline], lambda a, b: np.mean(a) - np.mean(b), reps)
 
 
+def welch_ci(scores, baseline):
+    """(mean(scores) - mean(baseline), low, high) with Welch's t interval (unequal variances,
+    Welch-Satterthwaite degrees of freedom), or None where a side has fewer than two runs or
+    neither side varies. Beside the bootstrap: with 3 seeds a side, a percentile bootstrap sees at
+    most 10 distinct means per side and its interval comes out narrower than the seeds' spread
+    warrants; the t interval widens for few runs as it should (for normal scores)."""
+    from scipy.stats import ttest_ind
+    a, b = np.asarray(scores, np.float64), np.asarray(baseline, np.float64)
+    if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
+        return None
+    ci = ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    return float(a.mean() - b.mean()), float(ci.low), float(ci.high)
+
+
 def aggregate_ci(matrix, reps=REPS):
     """Median and IQM of a runs x games matrix of human-normalised scores, each (point, low, high):
     rliable.metrics.aggregate_median (median over games of the per-game mean) and aggregate_iqm
@@ -338,7 +352,8 @@ def summary_markdown(rows, outdir, agg=None):
              f"Score: final return, the mean of the last {WINDOW} training episodes of a run (raw game "
              "score). Mean over seeds with its 95% CI: percentile bootstrap over seeds ("
              f"{REPS:,} resamples). Δ vs lstm: difference of means, seeds of both cores resampled "
-             "independently. Ratio: mean / lstm mean (n/a unless the lstm mean is positive). Eval: "
+             "independently; Welch t: the same difference's 95% CI from Welch's t test (unequal "
+             "variances), wider than the bootstrap's where there are few seeds. Ratio: mean / lstm mean (n/a unless the lstm mean is positive). Eval: "
              "mean over seeds of each run's evaluation return (eval.json). Only complete runs count.", ""]
     complete = [r for r in rows if r["complete"] and r["final_return"] is not None]
     if agg is None:
@@ -350,7 +365,8 @@ def summary_markdown(rows, outdir, agg=None):
             lines += ["No complete runs yet.", ""]
             continue
         hns = scored_game(env) is not None
-        head = ["core", "seeds", "frames", "final return [95% CI]", "Δ vs lstm [95% CI]", "ratio to lstm"]
+        head = ["core", "seeds", "frames", "final return [95% CI]", "Δ vs lstm [95% CI]", "Δ Welch t 95% CI",
+                "ratio to lstm"]
         head += ["human-normalised [95% CI]"] if hns else []
         head += ["eval return", "frames/s"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -366,9 +382,11 @@ def summary_markdown(rows, outdir, agg=None):
             cells = [core, str(len(runs)), f"{min(r['frames'] for r in runs):,}", _ci(*m)]
             if lstm and core != "lstm":
                 cells.append(_ci(*difference_ci(scores, lstm)))
+                welch = welch_ci(scores, lstm)
+                cells.append(f"[{_fmt(welch[1])}, {_fmt(welch[2])}]" if welch else "n/a")
                 cells.append(_fmt(m[0] / lstm_mean, 2) + "x" if lstm_mean > 0 else "n/a")
             else:
-                cells += ["—", "1.00x" if core == "lstm" and lstm_mean > 0 else "—"]
+                cells += ["—", "—", "1.00x" if core == "lstm" and lstm_mean > 0 else "—"]
             if hns:
                 normalised = [human_normalized(env, s) for s in scores]
                 cells.append(_ci(*mean_ci(normalised)))

@@ -103,6 +103,19 @@ def test_summary_table_and_plot(grid):
     lt = np.mean([float(r["final_return"]) for r in rows if r["core"] == "linear_transformer"])
     lstm = np.mean([float(r["final_return"]) for r in rows if r["core"] == "lstm"])
     assert f"{lt - lstm:.3f} [" in text and f"{lt / lstm:.2f}x" in text
+    # The Welch t column, by the textbook formula: (difference) +- t(0.975, df) x standard error.
+    from scipy.stats import t as student_t
+    a = np.array([float(r["final_return"]) for r in rows if r["core"] == "linear_transformer"])
+    b = np.array([float(r["final_return"]) for r in rows if r["core"] == "lstm"])
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    if va + vb > 0:
+        df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+        half = student_t.ppf(0.975, df) * (va + vb) ** 0.5
+        cell = f"[{report._fmt(lt - lstm - half)}, {report._fmt(lt - lstm + half)}]"
+    else:
+        cell = "n/a"
+    assert "Δ Welch t 95% CI" in text
+    assert f"| {cell} |" in next(line for line in text.splitlines() if line.startswith("| linear_transformer |"))
     png = (d / "curves_CartPole-v1.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
@@ -357,6 +370,23 @@ def test_difference_ci_with_a_one_run_side():
     assert point == pytest.approx(2.5 - a.mean())
     assert low == pytest.approx(2.5 - hi, abs=0.05) and high == pytest.approx(2.5 - lo, abs=0.05)
     assert report.difference_ci([3.0], [1.0]) == (2.0, 2.0, 2.0)
+
+
+def test_welch_ci_by_hand():
+    """Two sides of 3 runs with variance 1 each: standard error sqrt(1/3 + 1/3), Welch-Satterthwaite
+    degrees of freedom (2/3)^2 / ((1/3)^2/2 + (1/3)^2/2) = 4, and the t quantile t(0.975, 4) =
+    2.776445 from a printed table: difference 1 +- 2.776445 * sqrt(2/3)."""
+    half = 2.776445 * (2 / 3) ** 0.5
+    point, low, high = report.welch_ci([2.0, 3.0, 4.0], [1.0, 2.0, 3.0])
+    assert point == pytest.approx(1.0)
+    assert low == pytest.approx(1.0 - half, abs=1e-5) and high == pytest.approx(1.0 + half, abs=1e-5)
+    # Unequal spreads and sizes: squared standard errors 4/3 and 0.5/2, df = (4/3 + 1/4)^2 /
+    # ((4/3)^2/2 + (1/4)^2/1) = 2.635, between 2 and 3, so the half-width lies between the table's
+    # t(0.975, 3) = 3.182 and t(0.975, 2) = 4.303 standard errors (sqrt(4/3 + 1/4) = 1.2583).
+    point, low, high = report.welch_ci([0.0, 2.0, 4.0], [1.0, 2.0])
+    assert point == pytest.approx(2.0 - 1.5) and high - point == pytest.approx(point - low)
+    assert 3.182 * 1.2583 < high - point < 4.303 * 1.2583
+    assert report.welch_ci([1.0], [1.0, 2.0]) is None and report.welch_ci([1.0, 1.0], [2.0, 2.0]) is None
 
 
 def test_iqm_and_median_of_known_numbers_and_their_exact_bootstrap():
