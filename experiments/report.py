@@ -2,8 +2,8 @@
 
 - DIR/results.csv      one row per run found (complete or not)
 - DIR/summary.md       per env, each core's mean score over seeds with a 95% bootstrap CI, its
-                       difference to the LSTM (bootstrap and Welch t CIs) and ratio to it; for Atari also human-normalised scores
-                       and, across games, median and IQM
+                       difference to the LSTM (bootstrap and Welch t CIs) and ratio to it; for
+                       Atari also human-normalised scores and, across games, median and IQM
 - DIR/curves_<env>.png return against frames, one line per core with its 95% CI band
 - DIR/aggregate.png    (Atari, two cores or more) IQM of the human-normalised scores per core and
                        the probability of improvement over the LSTM, each with its 95% CI
@@ -353,7 +353,8 @@ def summary_markdown(rows, outdir, agg=None):
              "score). Mean over seeds with its 95% CI: percentile bootstrap over seeds ("
              f"{REPS:,} resamples). Δ vs lstm: difference of means, seeds of both cores resampled "
              "independently; Welch t: the same difference's 95% CI from Welch's t test (unequal "
-             "variances), wider than the bootstrap's where there are few seeds. Ratio: mean / lstm mean (n/a unless the lstm mean is positive). Eval: "
+             "variances), wider than the bootstrap's where there are few seeds. Ratio: mean / lstm mean "
+             "(n/a unless the lstm mean is positive). Eval: "
              "mean over seeds of each run's evaluation return (eval.json). Only complete runs count.", ""]
     complete = [r for r in rows if r["complete"] and r["final_return"] is not None]
     if agg is None:

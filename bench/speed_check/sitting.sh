@@ -4,8 +4,8 @@
 #
 #   bench/speed_check/sitting.sh [ROUNDS [SECONDS]]   # default 2 rounds of 120-s runs, ~16 minutes a round
 #
-# Each round trains `atari_cpu` for 120 s per row (SECONDS) with `bench/throughput.py --parts train`, lstm and rdn:
-# this checkout's preset, then the code before issue 35's changes (commit a967a28, from a temporary git
+# Each round trains `atari_cpu` for SECONDS (120) per row with `bench/throughput.py --parts train`,
+# lstm and rdn: this checkout's preset, then the code before issue 35's changes (commit a967a28, from a temporary git
 # worktree) with its preset and with the previous recipe (the issue's reference row, "--vs" below).
 # The rows alternate between the two codes round by round, so slow drifts of the box hit both alike;
 # the issue's ratio is this checkout's preset over a967a28's previous-recipe row of the same round.
