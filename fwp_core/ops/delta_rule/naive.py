@@ -15,7 +15,8 @@ def read(W, q):
 def delta_update(W, k, v, beta):
     """One delta-rule write. W: [B, H, Dk, Dv]; k: [B, H, Dk]; v: [B, H, Dv]; beta: [B, H]."""
     v_old = read(W, k)
-    return W + (beta[..., None] * k).unsqueeze(-1) * (v - v_old).unsqueeze(-2)
+    # W + (β k)(v − v_old)ᵀ as one op (the outer product by broadcasting, added in the same pass).
+    return torch.addcmul(W, (beta[..., None] * k).unsqueeze(-1), (v - v_old).unsqueeze(-2))
 
 
 def delta_rule_naive(q, k, v, beta, W, reset, truncate=False):

@@ -22,25 +22,27 @@ def rdn_naive(qx, kx, vx, bx, Rq, Rk, Rv, rb, W, y_last, reset, truncate=False):
     crosses steps through W or y_{t-1} (R and r_b still get theirs from every step).
     Returns y [T, B, H, D] in qx's dtype and the final (W, y_last)."""
     acc = W.dtype
-    # [H, D, 3D]: one product for the three, per head as a batched matmul (s as [H, B, D]) rather
-    # than einsum("hij,bhj->bhi"): the same sums, 2x faster on the CPU at an actor's sizes
-    # (B 8, H 4, D 32: 14 against 31 us), where the acting step runs this loop once per step.
-    Rt = torch.cat([Rq, Rk, Rv], dim=1).to(acc).transpose(1, 2)
-    rb = rb.to(acc)
+    T, B, H, D = qx.shape
+    # The loop runs once per acting step on an actor and T times per update, on small tensors
+    # (B 8-16, H 4, D 32), where each op's fixed cost is most of its time: so the four signals of
+    # a step are one tensor [B, H, 3D + 1] (q_x k_x v_x b_x), their recurrent parts one batched
+    # matmul per head with r_b as a last column of R ([H, D, 3D + 1], s as [H, B, D]), q and k one
+    # softmax, and the resets are looked at once per call. The same sums as the equations above.
+    x = torch.cat([qx, kx, vx, bx.unsqueeze(-1)], dim=-1).to(acc)                 # [T, B, H, 3D+1]
+    R = torch.cat([Rq, Rk, Rv, rb.unsqueeze(1)], dim=1).to(acc).transpose(1, 2)   # [H, D, 3D+1]
+    keep = None if reset is None else (~reset).to(acc)
+    steps_with_reset = [False] * T if reset is None else reset.any(1).tolist()
     ys = []
-    for t in range(qx.shape[0]):
+    for t in range(T):
         if truncate:
             W, y_last = W.detach(), y_last.detach()
-        if reset is not None:
-            keep = (~reset[t]).to(acc)
-            W = W * keep[:, None, None, None]
-            y_last = y_last * keep[:, None, None]
+        if steps_with_reset[t]:
+            W = W * keep[t, :, None, None, None]
+            y_last = y_last * keep[t, :, None, None]
         s = torch.tanh(y_last)
-        rq, rk, rv = torch.bmm(s.transpose(0, 1), Rt).transpose(0, 1).chunk(3, dim=-1)
-        q = torch.softmax(qx[t].to(acc) + rq, dim=-1)
-        k = torch.softmax(kx[t].to(acc) + rk, dim=-1)
-        v = vx[t].to(acc) + rv
-        beta = torch.sigmoid(bx[t].to(acc) + (s * rb).sum(-1))
+        z = x[t] + torch.bmm(s.transpose(0, 1), R).transpose(0, 1)                  # [B, H, 3D+1]
+        q, k = torch.softmax(z[..., :2 * D].unflatten(-1, (2, D)), dim=-1).unbind(-2)
+        v, beta = z[..., 2 * D:3 * D], torch.sigmoid(z[..., 3 * D])
         W = delta_update(W, k, v, beta)
         y_last = read(W, q)
         ys.append(y_last)
