@@ -81,18 +81,20 @@ class LSTMCore(Core):
         self._check(x, state, reset)
         h, c = (s.transpose(0, 1).contiguous() for s in state)
         T = x.shape[0]
-        # One cuDNN call per stretch without a reset, instead of one call per step.
-        starts = [0] if reset is None else sorted({0, *reset[1:].any(1).nonzero().flatten().add(1).tolist()})
+        # One cuDNN call per stretch without a reset, instead of one call per step. (An actor's step,
+        # T = 1, skips the search: at its sizes the small ops around the LSTM cost half of it.)
+        starts = [0] if reset is None or T == 1 else \
+            sorted({0, *reset[1:].any(1).nonzero().flatten().add(1).tolist()})
         ys = []
-        for a, b in zip(starts, starts[1:] + [T]):
-            if reset is not None:
-                keep = (~reset[a]).to(h.dtype)[None, :, None]
-                h, c = h * keep, c * keep
-            # fp32 even under bf16 autocast: cuDNN RNNs take bf16 only from cuDNN 9.13 on.
-            with torch.autocast(x.device.type, enabled=False):
+        # fp32 even under bf16 autocast: cuDNN RNNs take bf16 only from cuDNN 9.13 on.
+        with torch.autocast(x.device.type, enabled=False):
+            for a, b in zip(starts, starts[1:] + [T]):
+                if reset is not None:
+                    gone = reset[a][None, :, None]
+                    h, c = h.masked_fill(gone, 0.0), c.masked_fill(gone, 0.0)
                 y, (h, c) = self.lstm(x[a:b].to(h.dtype), (h, c))
-            ys.append(y)
-        return torch.cat(ys), (h.transpose(0, 1), c.transpose(0, 1))
+                ys.append(y)
+        return ys[0] if len(ys) == 1 else torch.cat(ys), (h.transpose(0, 1), c.transpose(0, 1))
 
 
 class RFWPCore(Core):
