@@ -79,12 +79,15 @@ class Agent(nn.Module):
     def initial_state(self, batch_size, device=None):
         return self.core.initial_state(batch_size, device)
 
-    def unroll(self, obs, last_reward, reset, state, last_action=None, preprocessed=False):
+    def unroll(self, obs, last_reward, reset, state, last_action=None, preprocessed=False, last_row_grad=True):
         """A whole sequence: obs [T+1, B, *obs_shape], last_reward and reset [T+1, B] (last_action
         [T+1, B] int64 when model.use_last_action), state the core state before step 0.
         preprocessed: obs is already the torso's input (`preprocess`, viewed as [T+1, B, ...]).
+        last_row_grad=False: the torso's features of row T are a constant to autograd (the
+        learner's bootstrap row, whose only use is V(x_T) as a constant of the loss: its share
+        of the torso's backward would carry zeros, B of the (T+1)·B frames' worth of work).
         Returns logits [T+1, B, A] and baseline [T+1, B]; the core runs once over all steps."""
-        logits, baseline, _ = self._forward(obs, last_reward, reset, state, last_action, preprocessed)
+        logits, baseline, _ = self._forward(obs, last_reward, reset, state, last_action, preprocessed, last_row_grad)
         return logits, baseline
 
     def preprocess(self, obs, obs_stats=None, float_dtype=None):
@@ -116,7 +119,7 @@ class Agent(nn.Module):
             action = torch.multinomial(F.softmax(logits.float(), dim=-1), 1).squeeze(-1)
         return action, logits, state
 
-    def _forward(self, obs, last_reward, reset, state, last_action, preprocessed=False):
+    def _forward(self, obs, last_reward, reset, state, last_action, preprocessed=False, last_row_grad=True):
         T, B = self._check(obs, last_reward, reset, last_action)
         dtype = self.fc.weight.dtype
         bf16 = self.bf16_torso_on_cpu and self.channels_last and obs.device.type == "cpu"
@@ -127,7 +130,12 @@ class Agent(nn.Module):
         else:
             x = self.preprocess(obs, float_dtype=torch.bfloat16 if bf16 else dtype)
         with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
-            x = F.relu(self.fc(F.relu(self.torso(x))))
+            if last_row_grad or T < 2 or not torch.is_grad_enabled():
+                x = self._features(x)
+            else:
+                with torch.no_grad():
+                    last = self._features(x[(T - 1) * B:])
+                x = torch.cat([self._features(x[:(T - 1) * B]), last])
         x = (x.to(dtype) if bf16 else x).view(T, B, -1)
         r = last_reward.to(x.dtype)
         if self.reward_clip > 0:
@@ -137,6 +145,10 @@ class Agent(nn.Module):
             parts.append(F.one_hot(last_action.long(), self.num_actions).to(x.dtype))
         y, state = self.core(torch.cat(parts, dim=-1), state, reset.bool())
         return self.policy(y), self.baseline(y).squeeze(-1), state
+
+    def _features(self, x):
+        """The torso and its Linear: the torso's input [N, ...] -> features [N, hidden_size]."""
+        return F.relu(self.fc(F.relu(self.torso(x))))
 
     def _check(self, obs, last_reward, reset, last_action):
         if tuple(obs.shape[2:]) != self.obs_shape or obs.dim() != 2 + len(self.obs_shape):

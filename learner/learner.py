@@ -157,7 +157,7 @@ class Learner:
         lc = self.cfg.learner
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16), self.dead_units.record():
             logits, baseline = self.agent.unroll(b["obs"], b["reward"], b["first"], b["core_state"],
-                                                 b["last_action"], preprocessed=True)
+                                                 b["last_action"], preprocessed=True, last_row_grad=False)
         logits, baseline = logits.float(), baseline.float()
         # With PopArt the head predicts normalised values; V-trace works on the reward's scale.
         values = baseline.detach() if self.popart is None else self.popart.denormalize(baseline.detach())

@@ -50,6 +50,39 @@ def test_act_stepped_equals_unroll_with_conv_torsos(torso, shape):
     _step_by_step_equals_unroll(agent, T=3)
 
 
+@pytest.mark.parametrize("torso,shape", [("nature", (4, 36, 36)), ("auto", None)])
+def test_last_row_without_grad_gives_the_loss_the_same_gradients(torso, shape):
+    """The learner's unroll(last_row_grad=False): row T's torso features are a constant, which is
+    what they are to a loss that uses row T only as the bootstrap V(x_T), detached. Reference: the
+    plain unroll, all rows through autograd, the same loss."""
+    torch.manual_seed(0)
+    space = VECTOR if shape is None else image_space(shape)
+    agent = make_agent(space, NUM_ACTIONS, tiny_config("rdn", f"model.torso={torso}")).double()
+    obs, reward, reset, state, last_action = _sequence(agent, T=3, B=2)
+
+    def grads(last_row_grad, use_last_row=False):
+        agent.zero_grad()
+        logits, baseline = agent.unroll(obs, reward, reset, state, last_action, last_row_grad=last_row_grad)
+        loss = (logits[:-1] ** 2).sum() + ((baseline[:-1] - baseline[-1].detach()) ** 2).sum()
+        if use_last_row:
+            loss = logits[-1].sum()
+        loss.backward()
+        return logits.detach(), {n: None if p.grad is None else p.grad.clone() for n, p in agent.named_parameters()}
+
+    logits, full = grads(True)
+    logits_cut, cut = grads(False)
+    torch.testing.assert_close(logits_cut, logits, rtol=1e-12, atol=1e-12)
+    for name in full:
+        assert full[name] is not None and full[name].abs().sum() > 0, name
+        torch.testing.assert_close(cut[name], full[name], rtol=1e-10, atol=1e-12, msg=name)
+    # And row T's features really are constants then: a loss on row T's own output, which the
+    # full unroll differentiates through them too, gets another gradient for the torso's weights.
+    _, last_full = grads(True, use_last_row=True)
+    _, last_cut = grads(False, use_last_row=True)
+    torso = [n for n in full if n.startswith(("torso.", "fc."))]
+    assert torso and all(not torch.allclose(last_cut[n], last_full[n]) for n in torso if "weight" in n)
+
+
 def test_last_action_and_reward_reach_the_core_and_rewards_are_clipped():
     torch.manual_seed(0)
     agent = make_agent(VECTOR, NUM_ACTIONS, tiny_config("lstm", "model.use_last_action=true")).double()
