@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configs import ConfigError, load_config  # noqa: E402
 from learner import Learner  # noqa: E402
 from learner.batch import from_rollout  # noqa: E402
+from runtime.malloc import keep_freed_memory  # noqa: E402
 
 
 def compact_rollout(T, N, A, core_state, seed=0):
@@ -156,6 +157,8 @@ def main():
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--updates", type=int, default=20, help="timed updates (the median is reported)")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc's malloc thresholds as they are (the service raises them: runtime/malloc.py)")
     p.add_argument("--frame-skip", type=int, default=4)
     p.add_argument("--num-actions", type=int, default=6)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -183,6 +186,8 @@ def main():
         shown = _cfg(args.cores[0], args)
     except ConfigError as e:
         p.error(str(e))
+    if not args.default_malloc:
+        keep_freed_memory()    # as the learner service does (runtime/malloc.py)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.pipeline:   # the service's actor (1 CPU) runs torch on one thread: compare like with like

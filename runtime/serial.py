@@ -26,6 +26,7 @@ from learner import Learner
 
 from .batcher import Batcher
 from .driver import RETURN_WINDOW
+from .malloc import keep_freed_memory
 
 
 class SerialTrainer:
@@ -33,6 +34,7 @@ class SerialTrainer:
         """cfg: a configs.Config. worker: what acts (default: a RolloutWorker seeded as the
         service's first actor); anything with RolloutWorker's info() and rollout(weights)."""
         self.cfg = cfg
+        keep_freed_memory()     # as the service's learner (runtime/malloc.py)
         self.worker = worker if worker is not None else RolloutWorker(
             cfg, seed=worker_seed(cfg.run.seed, 0, cfg.env.num_envs))
         info = self.worker.info()

@@ -48,6 +48,7 @@ from learner import Learner, checkpoint
 
 from .batcher import Batcher, host_buffers
 from .credits import Credits
+from .malloc import keep_freed_memory
 from .weights_holder import WeightsHolder
 
 BUFFERS = 3     # host buffers in rotation: one being filled, one queued, one being trained on
@@ -81,6 +82,7 @@ class LearnerService:
         """worker_cls: the rollout actors' class (bench/learner.py --pipeline passes producers of
         prebuilt rollouts with RolloutWorker's interface)."""
         self.cfg, rc = cfg, cfg.run      # a configs.Config, checked before Ray started
+        keep_freed_memory()              # the update's large tensors reuse their pages (runtime/malloc.py)
         if rc.learner_threads:           # else Ray's OMP_NUM_THREADS: the learner's 1 CPU
             torch.set_num_threads(rc.learner_threads)
         # The holder lives on the learner's node (it goes when the learner goes anyway) and comes
