@@ -2,7 +2,7 @@
 # Issue 35's end-to-end measurement as one sitting, on an idle box (nothing else running: a study or a
 # test suite beside it moves frames/s by more than the margins in question):
 #
-#   bench/speed_check/sitting.sh [ROUNDS [SECONDS]]   # default 2 rounds of 120-s runs, ~16 minutes a round
+#   bench/speed_check/sitting.sh [ROUNDS [SECONDS]]   # default 2 rounds of 120-s runs, ~12 minutes a round
 #
 # Each round trains `atari_cpu` for SECONDS (120) per row with `bench/throughput.py --parts train`,
 # lstm and rdn: this checkout's preset, then the code before issue 35's changes (commit a967a28, from a temporary git
