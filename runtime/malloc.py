@@ -23,13 +23,11 @@ KEEP_BYTES = 1 << 30                               # above any one tensor of a C
 def keep_freed_memory():
     """Raise glibc's mmap and trim thresholds for this process (see above). Returns whether it
     applied: False where the C library is not glibc (macOS, musl), which keeps its own policy."""
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-        gnu_get_libc_version = libc.gnu_get_libc_version   # glibc only: musl has mallopt as a no-op
-    except (OSError, AttributeError, TypeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    except (OSError, TypeError):
         return False
-    del gnu_get_libc_version
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, KEEP_BYTES) and mallopt(_M_TRIM_THRESHOLD, KEEP_BYTES))
+    if not hasattr(libc, "gnu_get_libc_version"):     # glibc only: musl's mallopt does nothing
+        return False
+    libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, KEEP_BYTES) and libc.mallopt(_M_TRIM_THRESHOLD, KEEP_BYTES))
