@@ -18,6 +18,9 @@ runtime.driver.Training on a preset for a fixed time, the learner's frames/s onc
 actors, object store, learner updates all included).
 
     python bench/throughput.py --parts actor train
+    python bench/throughput.py --parts train --set env.id=ALE/Pong-v5   # the preset on another game
+
+bench/peers/sample_factory.sh runs the last one beside Sample Factory.
 
 Part 4, launch (not in the default parts): `launch.py train` itself, as a user runs it, for a fixed
 time after its first progress line, then Ctrl-C; frames/s, updates/s and policy lag from the run's
@@ -237,7 +240,7 @@ def train_part(args):
     for core in ("lstm", "rdn"):
         for extra in variants:
             with tempfile.TemporaryDirectory() as tmp:
-                cfg = load_config(args.preset, [*extra, f"model.core={core}", "run.total_frames=1000000000",
+                cfg = load_config(args.preset, [*args.overrides, *extra, f"model.core={core}", "run.total_frames=1000000000",
                                                 "run.log_interval_s=5", f"run.logdir={tmp}/run"])
                 rates, lags, start = [], [], time.monotonic()
 
@@ -247,7 +250,7 @@ def train_part(args):
                         lags.append(report["stats"].get("learner/policy_lag", float("nan")))
                     return time.monotonic() - start > args.train_seconds
                 Training(cfg).run(progress=False, on_report=on_report)
-            rows.append({"what": f"train {args.preset}" + (f" --vs {' '.join(extra)}" if extra else ""), "env": cfg.env.id,
+            rows.append({"what": f"train {args.preset}" + "".join(f" {kv}" for kv in args.overrides) + (f" --vs {' '.join(extra)}" if extra else ""), "env": cfg.env.id,
                          "core": core, "actors x envs": f"{cfg.run.num_actors} x {cfg.env.num_envs}",
                          "frames/s": float(np.median(rates)) if rates else float("nan"),
                          "policy lag": f"{np.median(lags):.2f}" if lags else "-"})
@@ -429,6 +432,9 @@ def main():
     parser.add_argument("--inference-timeout-ms", type=float, nargs="+", default=[2.0],
                         help="central rows: one per run.inference_timeout_ms value (a batch's wait for more requests)")
     parser.add_argument("--train-seconds", type=float, default=60.0, help="seconds per train run")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="train part: values applied to every row, the preset's included "
+                        "(e.g. env.id=ALE/Pong-v5 beside a peer measured on Pong)")
     parser.add_argument("--vs", nargs="+", action="append", metavar="KEY=VALUE",
                         help="train part: also run each core with the preset plus these values, side by side "
                         "(repeatable: one variant per --vs)")
