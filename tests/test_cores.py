@@ -156,3 +156,43 @@ def test_the_elu_feature_map_in_a_delta_net_layer_against_its_definition():
         expected = layer.out_proj(torch.stack(ys).flatten(2))
     torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(W_out, W, rtol=1e-10, atol=1e-12)
+
+
+def test_lstm_steps_against_the_lstm_equations():
+    """The LSTM core stepped one step at a time (an actor's path) and in one call (the learner's),
+    2 layers, with resets, against the LSTM written out here in float64: per layer,
+    i, f, g, o = split(W_ih x + b_ih + W_hh h + b_hh) (PyTorch's gate order),
+    c' = σ(f) c + σ(i) tanh(g), h' = σ(o) tanh(c'), the layer's h' the next layer's input."""
+    torch.manual_seed(0)
+    T, B, H, L = 5, 3, 6, 2
+    core = make_core("lstm", IN, hidden_size=H, lstm_layers=L).double()
+    x = torch.randn(T, B, IN, dtype=torch.float64)
+    reset = torch.zeros(T, B, dtype=torch.bool)
+    reset[2, 1] = reset[3, 0] = True
+    state0 = _random_state(core, B)
+
+    h, c = (s.clone() for s in state0)                  # [B, L, H]
+    expected = []
+    with torch.no_grad():
+        for t in range(T):
+            h[reset[t]], c[reset[t]] = 0.0, 0.0
+            inp = x[t]
+            for layer in range(L):
+                w_ih, w_hh, b_ih, b_hh = (getattr(core.lstm, f"{n}_l{layer}")
+                                          for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+                i, f, g, o = (inp @ w_ih.T + b_ih + h[:, layer] @ w_hh.T + b_hh).split(H, dim=-1)
+                c[:, layer] = torch.sigmoid(f) * c[:, layer] + torch.sigmoid(i) * torch.tanh(g)
+                h[:, layer] = torch.sigmoid(o) * torch.tanh(c[:, layer])
+                inp = h[:, layer]
+            expected.append(inp.clone())
+    expected = torch.stack(expected)
+
+    state, ys = state0, []
+    for t in range(T):
+        y_t, state = core(x[t:t + 1], state, reset[t:t + 1])
+        ys.append(y_t)
+    y_all, state_all = core(x, state0, reset)
+    for y, final in ((torch.cat(ys), state), (y_all, state_all)):
+        torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(final[0], h, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(final[1], c, rtol=1e-10, atol=1e-12)
