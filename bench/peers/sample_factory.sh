@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sample Factory beside this framework, on this machine, one system at a time (issue 35's peer row):
 #
-#   bench/peers/sample_factory.sh [ROUNDS [SECONDS]]     # default 2 rounds of 180-s runs, ~17 minutes a round
+#   bench/peers/sample_factory.sh [ROUNDS [SECONDS]]     # default 2 rounds of 180-s runs, ~9 minutes a round
 #
 # Run it on an idle box: anything beside it moves frames/s by more than the margins in question.
 # Each round trains, for SECONDS each, Sample Factory 2.1.1 APPO and then this checkout's `atari_cpu`
@@ -55,9 +55,9 @@ PY
 }
 for round in $(seq "$ROUNDS"); do
   echo "## round $round, $(date -u +%H:%M) UTC (load average $(cut -d' ' -f1 /proc/loadavg)): Sample Factory 2.1.1, Pong, $SECS s"
-  # shellcheck disable=SC2086  # SF_ARGS is a list of words
   # SF 2.1.1 does not stop at its train_for_seconds (a 180-s run was still training at 9 minutes):
   # SIGTERM, which its runner handles by stopping its workers, ends it SECS after its start.
+  # shellcheck disable=SC2086  # SF_ARGS is a list of words
   timeout "$SECS" "$SF_VENV/bin/python" -m sf_examples.atari.train_atari $SF_ARGS --experiment="sf$round" \
       --train_dir="$tmp/sf" > "$tmp/sf$round.log" 2>&1 || true
   pkill -f "$SF_VENV/bin/python" || true   # none should be left; a stray worker would slow the next run
